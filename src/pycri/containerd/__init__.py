@@ -1,0 +1,1 @@
+"""Typed asyncio access to containerd: the generated API, the client, and the supervisor."""

@@ -1,0 +1,597 @@
+"""A thin, typed asyncio client over containerd's gRPC API (grpc.aio).
+
+Design:
+- One channel to containerd's socket; every call carries the containerd namespace
+  (``k8s.io`` by default) in the ``containerd-namespace`` metadata header, and the lease in
+  ``containerd-lease`` when one is given.
+- Calls are made through multi-callables built from method paths, with the generated message
+  classes as (de)serializers, so the client is fully typed without untyped ``_grpc`` stubs.
+- Every gRPC error becomes a ``ContainerdError`` subclass (see ``errors``).
+- The client never retries: callers decide (the event monitor's backoff queue, the daemon's
+  reconnect loop). grpc's channel reconnects by itself once containerd is back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+
+from pycri.containerd import api
+from pycri.containerd.errors import from_rpc_error
+
+K8S_NAMESPACE = "k8s.io"
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+Metadata = tuple[tuple[str, str], ...]
+
+
+class ContainerdClient:
+    """Async client for one containerd namespace; cheap to derive per-namespace copies."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        namespace: str = K8S_NAMESPACE,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.address = address
+        self.namespace = namespace
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.aio.insecure_channel(
+            f"unix://{address}",
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self.containers = _Containers(self)
+        self.tasks = _Tasks(self)
+        self.content = _Content(self)
+        self.images = _Images(self)
+        self.snapshots = _Snapshots(self)
+        self.diff = _Diff(self)
+        self.leases = _Leases(self)
+        self.events = _Events(self)
+
+    def with_namespace(self, namespace: str) -> ContainerdClient:
+        return ContainerdClient(self.address, namespace=namespace, channel=self._channel)
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close()
+
+    def metadata(self, lease: str | None = None) -> Metadata:
+        md: Metadata = (("containerd-namespace", self.namespace),)
+        if lease:
+            md += (("containerd-lease", lease),)
+        return md
+
+    async def unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[Resp],
+        *,
+        timeout: float | None = None,
+        lease: str | None = None,
+    ) -> Resp:
+        call = self._channel.unary_unary(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            response: Resp = await call(request, metadata=self.metadata(lease), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, method=method.rsplit("/", 1)[-1]) from None
+        return response
+
+    async def server_stream(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[Resp],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Resp]:
+        call = self._channel.unary_stream(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        stream = call(request, metadata=self.metadata(), timeout=timeout)
+        try:
+            async for item in stream:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, method=method.rsplit("/", 1)[-1]) from None
+        finally:
+            stream.cancel()
+
+    def stream_stream(
+        self, method: str, response_type: type[Resp], *, lease: str | None = None
+    ) -> Any:
+        """A raw bidirectional call (content writes); errors are the caller's to translate."""
+        call = self._channel.stream_stream(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        return call(metadata=self.metadata(lease))
+
+    async def version(self, *, timeout: float | None = None) -> api.version.VersionResponse:
+        return await self.unary(
+            "/containerd.services.version.v1.Version/Version",
+            empty_pb2.Empty(),
+            api.version.VersionResponse,
+            timeout=timeout,
+        )
+
+    async def ensure_namespace(self, *, timeout: float | None = None) -> None:
+        from pycri.containerd.errors import AlreadyExistsError
+
+        req = api.namespaces.CreateNamespaceRequest(
+            namespace=api.namespaces.Namespace(name=self.namespace)
+        )
+        with contextlib.suppress(AlreadyExistsError):
+            await self.unary(
+                "/containerd.services.namespaces.v1.Namespaces/Create",
+                req,
+                api.namespaces.CreateNamespaceResponse,
+                timeout=timeout,
+            )
+
+    async def plugins(
+        self, filters: Sequence[str] = (), *, timeout: float | None = None
+    ) -> api.introspection.PluginsResponse:
+        return await self.unary(
+            "/containerd.services.introspection.v1.Introspection/Plugins",
+            api.introspection.PluginsRequest(filters=list(filters)),
+            api.introspection.PluginsResponse,
+            timeout=timeout,
+        )
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class _Service:
+    prefix = ""
+
+    def __init__(self, client: ContainerdClient) -> None:
+        self._client = client
+
+    async def _call(
+        self,
+        name: str,
+        request: Message,
+        response_type: type[Resp],
+        *,
+        timeout: float | None = None,
+        lease: str | None = None,
+    ) -> Resp:
+        return await self._client.unary(
+            f"{self.prefix}/{name}", request, response_type, timeout=timeout, lease=lease
+        )
+
+
+class _Containers(_Service):
+    prefix = "/containerd.services.containers.v1.Containers"
+
+    async def get(self, container_id: str, *, timeout: float | None = None) -> Any:
+        resp = await self._call(
+            "Get",
+            api.containers.GetContainerRequest(id=container_id),
+            api.containers.GetContainerResponse,
+            timeout=timeout,
+        )
+        return resp.container
+
+    async def list(
+        self, filters: Sequence[str] = (), *, timeout: float | None = None
+    ) -> builtins.list[Any]:
+        resp = await self._call(
+            "List",
+            api.containers.ListContainersRequest(filters=list(filters)),
+            api.containers.ListContainersResponse,
+            timeout=timeout,
+        )
+        return list(resp.containers)
+
+    async def create(
+        self, container: Any, *, timeout: float | None = None, lease: str | None = None
+    ) -> Any:
+        resp = await self._call(
+            "Create",
+            api.containers.CreateContainerRequest(container=container),
+            api.containers.CreateContainerResponse,
+            timeout=timeout,
+            lease=lease,
+        )
+        return resp.container
+
+    async def update(
+        self, container: Any, paths: Sequence[str], *, timeout: float | None = None
+    ) -> Any:
+        from google.protobuf import field_mask_pb2
+
+        resp = await self._call(
+            "Update",
+            api.containers.UpdateContainerRequest(
+                container=container, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+            ),
+            api.containers.UpdateContainerResponse,
+            timeout=timeout,
+        )
+        return resp.container
+
+    async def delete(self, container_id: str, *, timeout: float | None = None) -> None:
+        await self._call(
+            "Delete",
+            api.containers.DeleteContainerRequest(id=container_id),
+            empty_pb2.Empty,
+            timeout=timeout,
+        )
+
+
+class _Tasks(_Service):
+    prefix = "/containerd.services.tasks.v1.Tasks"
+
+    async def create(
+        self, request: api.tasks.CreateTaskRequest, *, timeout: float | None = None
+    ) -> api.tasks.CreateTaskResponse:
+        return await self._call("Create", request, api.tasks.CreateTaskResponse, timeout=timeout)
+
+    async def start(
+        self, container_id: str, exec_id: str = "", *, timeout: float | None = None
+    ) -> int:
+        resp = await self._call(
+            "Start",
+            api.tasks.StartRequest(container_id=container_id, exec_id=exec_id),
+            api.tasks.StartResponse,
+            timeout=timeout,
+        )
+        return int(resp.pid)
+
+    async def delete(
+        self, container_id: str, *, timeout: float | None = None
+    ) -> api.tasks.DeleteResponse:
+        return await self._call(
+            "Delete",
+            api.tasks.DeleteTaskRequest(container_id=container_id),
+            api.tasks.DeleteResponse,
+            timeout=timeout,
+        )
+
+    async def delete_process(
+        self, container_id: str, exec_id: str, *, timeout: float | None = None
+    ) -> api.tasks.DeleteResponse:
+        return await self._call(
+            "DeleteProcess",
+            api.tasks.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+            api.tasks.DeleteResponse,
+            timeout=timeout,
+        )
+
+    async def get(
+        self, container_id: str, exec_id: str = "", *, timeout: float | None = None
+    ) -> Any:
+        resp = await self._call(
+            "Get",
+            api.tasks.GetRequest(container_id=container_id, exec_id=exec_id),
+            api.tasks.GetResponse,
+            timeout=timeout,
+        )
+        return resp.process
+
+    async def list(self, filter: str = "", *, timeout: float | None = None) -> builtins.list[Any]:
+        resp = await self._call(
+            "List",
+            api.tasks.ListTasksRequest(filter=filter),
+            api.tasks.ListTasksResponse,
+            timeout=timeout,
+        )
+        return list(resp.tasks)
+
+    async def kill(
+        self,
+        container_id: str,
+        signal: int,
+        *,
+        exec_id: str = "",
+        all: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        await self._call(
+            "Kill",
+            api.tasks.KillRequest(
+                container_id=container_id, exec_id=exec_id, signal=signal, all=all
+            ),
+            empty_pb2.Empty,
+            timeout=timeout,
+        )
+
+    async def exec(
+        self, request: api.tasks.ExecProcessRequest, *, timeout: float | None = None
+    ) -> None:
+        await self._call("Exec", request, empty_pb2.Empty, timeout=timeout)
+
+    async def close_io(self, container_id: str, exec_id: str = "") -> None:
+        await self._call(
+            "CloseIO",
+            api.tasks.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True),
+            empty_pb2.Empty,
+        )
+
+    async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        await self._call(
+            "ResizePty",
+            api.tasks.ResizePtyRequest(
+                container_id=container_id, exec_id=exec_id, width=width, height=height
+            ),
+            empty_pb2.Empty,
+        )
+
+    async def wait(
+        self, container_id: str, exec_id: str = "", *, timeout: float | None = None
+    ) -> api.tasks.WaitResponse:
+        """Block until the process exits; no timeout by default (a long-running request)."""
+        return await self._call(
+            "Wait",
+            api.tasks.WaitRequest(container_id=container_id, exec_id=exec_id),
+            api.tasks.WaitResponse,
+            timeout=timeout,
+        )
+
+    async def metrics(
+        self, filters: Sequence[str], *, timeout: float | None = None
+    ) -> api.tasks.MetricsResponse:
+        return await self._call(
+            "Metrics",
+            api.tasks.MetricsRequest(filters=list(filters)),
+            api.tasks.MetricsResponse,
+            timeout=timeout,
+        )
+
+    async def update(
+        self, request: api.tasks.UpdateTaskRequest, *, timeout: float | None = None
+    ) -> None:
+        await self._call("Update", request, empty_pb2.Empty, timeout=timeout)
+
+    async def pids(self, container_id: str, *, timeout: float | None = None) -> builtins.list[int]:
+        resp = await self._call(
+            "ListPids",
+            api.tasks.ListPidsRequest(container_id=container_id),
+            api.tasks.ListPidsResponse,
+            timeout=timeout,
+        )
+        return [int(p.pid) for p in resp.processes]
+
+
+class _Content(_Service):
+    prefix = "/containerd.services.content.v1.Content"
+
+    async def info(self, digest: str, *, timeout: float | None = None) -> Any:
+        resp = await self._call(
+            "Info",
+            api.content.InfoRequest(digest=digest),
+            api.content.InfoResponse,
+            timeout=timeout,
+        )
+        return resp.info
+
+    async def read(self, digest: str, *, offset: int = 0, size: int = 0) -> bytes:
+        chunks = []
+        async for part in self._client.server_stream(
+            f"{self.prefix}/Read",
+            api.content.ReadContentRequest(digest=digest, offset=offset, size=size),
+            api.content.ReadContentResponse,
+        ):
+            chunks.append(part.data)
+        return b"".join(chunks)
+
+    async def delete(self, digest: str) -> None:
+        await self._call("Delete", api.content.DeleteContentRequest(digest=digest), empty_pb2.Empty)
+
+    async def abort(self, ref: str) -> None:
+        await self._call("Abort", api.content.AbortRequest(ref=ref), empty_pb2.Empty)
+
+    async def list_digests(self) -> builtins.list[str]:
+        digests: builtins.list[str] = []
+        async for part in self._client.server_stream(
+            f"{self.prefix}/List", api.content.ListContentRequest(), api.content.ListContentResponse
+        ):
+            digests.extend(i.digest for i in part.info)
+        return digests
+
+    def write_stream(self, *, lease: str | None = None) -> Any:
+        return self._client.stream_stream(
+            f"{self.prefix}/Write", api.content.WriteContentResponse, lease=lease
+        )
+
+
+class _Images(_Service):
+    prefix = "/containerd.services.images.v1.Images"
+
+    async def get(self, name: str, *, timeout: float | None = None) -> Any:
+        resp = await self._call(
+            "Get",
+            api.images.GetImageRequest(name=name),
+            api.images.GetImageResponse,
+            timeout=timeout,
+        )
+        return resp.image
+
+    async def list(
+        self, filters: Sequence[str] = (), *, timeout: float | None = None
+    ) -> builtins.list[Any]:
+        resp = await self._call(
+            "List",
+            api.images.ListImagesRequest(filters=list(filters)),
+            api.images.ListImagesResponse,
+            timeout=timeout,
+        )
+        return list(resp.images)
+
+    async def create(self, image: Any, *, lease: str | None = None) -> Any:
+        resp = await self._call(
+            "Create",
+            api.images.CreateImageRequest(image=image),
+            api.images.CreateImageResponse,
+            lease=lease,
+        )
+        return resp.image
+
+    async def update(self, image: Any, *, lease: str | None = None) -> Any:
+        resp = await self._call(
+            "Update",
+            api.images.UpdateImageRequest(image=image),
+            api.images.UpdateImageResponse,
+            lease=lease,
+        )
+        return resp.image
+
+    async def delete(self, name: str, *, sync: bool = False) -> None:
+        await self._call(
+            "Delete", api.images.DeleteImageRequest(name=name, sync=sync), empty_pb2.Empty
+        )
+
+
+class _Snapshots(_Service):
+    prefix = "/containerd.services.snapshots.v1.Snapshots"
+
+    async def prepare(
+        self,
+        snapshotter: str,
+        key: str,
+        parent: str,
+        *,
+        labels: dict[str, str] | None = None,
+        lease: str | None = None,
+    ) -> builtins.list[Any]:
+        resp = await self._call(
+            "Prepare",
+            api.snapshots.PrepareSnapshotRequest(
+                snapshotter=snapshotter, key=key, parent=parent, labels=labels or {}
+            ),
+            api.snapshots.PrepareSnapshotResponse,
+            lease=lease,
+        )
+        return list(resp.mounts)
+
+    async def mounts(self, snapshotter: str, key: str) -> builtins.list[Any]:
+        resp = await self._call(
+            "Mounts",
+            api.snapshots.MountsRequest(snapshotter=snapshotter, key=key),
+            api.snapshots.MountsResponse,
+        )
+        return list(resp.mounts)
+
+    async def commit(
+        self,
+        snapshotter: str,
+        name: str,
+        key: str,
+        *,
+        labels: dict[str, str] | None = None,
+        lease: str | None = None,
+    ) -> None:
+        await self._call(
+            "Commit",
+            api.snapshots.CommitSnapshotRequest(
+                snapshotter=snapshotter, name=name, key=key, labels=labels or {}
+            ),
+            empty_pb2.Empty,
+            lease=lease,
+        )
+
+    async def remove(self, snapshotter: str, key: str) -> None:
+        await self._call(
+            "Remove",
+            api.snapshots.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+            empty_pb2.Empty,
+        )
+
+    async def stat(self, snapshotter: str, key: str) -> Any:
+        resp = await self._call(
+            "Stat",
+            api.snapshots.StatSnapshotRequest(snapshotter=snapshotter, key=key),
+            api.snapshots.StatSnapshotResponse,
+        )
+        return resp.info
+
+    async def list(self, snapshotter: str) -> builtins.list[Any]:
+        infos: builtins.list[Any] = []
+        async for part in self._client.server_stream(
+            f"{self.prefix}/List",
+            api.snapshots.ListSnapshotsRequest(snapshotter=snapshotter),
+            api.snapshots.ListSnapshotsResponse,
+        ):
+            infos.extend(part.info)
+        return infos
+
+    async def usage(self, snapshotter: str, key: str) -> api.snapshots.UsageResponse:
+        return await self._call(
+            "Usage",
+            api.snapshots.UsageRequest(snapshotter=snapshotter, key=key),
+            api.snapshots.UsageResponse,
+        )
+
+
+class _Diff(_Service):
+    prefix = "/containerd.services.diff.v1.Diff"
+
+    async def apply(self, diff: Any, mounts: Sequence[Any], *, lease: str | None = None) -> Any:
+        resp = await self._call(
+            "Apply",
+            api.diff.ApplyRequest(diff=diff, mounts=list(mounts)),
+            api.diff.ApplyResponse,
+            lease=lease,
+        )
+        return resp.applied
+
+
+class _Leases(_Service):
+    prefix = "/containerd.services.leases.v1.Leases"
+
+    async def create(self, lease_id: str, *, labels: dict[str, str] | None = None) -> str:
+        resp = await self._call(
+            "Create",
+            api.leases.CreateRequest(id=lease_id, labels=labels or {}),
+            api.leases.CreateResponse,
+        )
+        return str(resp.lease.id)
+
+    async def delete(self, lease_id: str, *, sync: bool = False) -> None:
+        await self._call(
+            "Delete", api.leases.DeleteRequest(id=lease_id, sync=sync), empty_pb2.Empty
+        )
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Any]:
+        resp = await self._call(
+            "List", api.leases.ListRequest(filters=list(filters)), api.leases.ListResponse
+        )
+        return list(resp.leases)
+
+
+class _Events(_Service):
+    prefix = "/containerd.services.events.v1.Events"
+
+    def subscribe(self, filters: Sequence[str]) -> AsyncIterator[api.events.Envelope]:
+        """Stream of event envelopes; ends with a ContainerdError when the stream breaks."""
+        return self._client.server_stream(
+            f"{self.prefix}/Subscribe",
+            api.events.SubscribeRequest(filters=list(filters)),
+            api.events.Envelope,
+        )
