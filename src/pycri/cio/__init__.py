@@ -1,0 +1,1 @@
+"""Container IO: stdio FIFOs and the CRI-format container log writer."""

@@ -1,0 +1,1 @@
+"""Images: building test images, importing tarballs, pulling from registries, the image store."""

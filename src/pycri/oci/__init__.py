@@ -1,0 +1,1 @@
+"""OCI runtime specs for sandboxes and containers, built from CRI configs and images."""

@@ -1,0 +1,1 @@
+"""The CRI services: one module per RPC (family), as in containerd's CRI plugin."""

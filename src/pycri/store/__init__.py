@@ -1,0 +1,1 @@
+"""Stores: sandboxes, containers and names; immutable metadata apart from mutable status."""
