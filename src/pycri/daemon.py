@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 from pathlib import Path
 
-from pycri.api.server import CRIServer
+from pycri.api.server import CRIServer, prepare_socket
 from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
@@ -23,6 +25,22 @@ from pycri.service.context import RuntimeContext
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
 
 log = logging.getLogger(__name__)
+
+
+class StateDirInUseError(RuntimeError):
+    """Another pycri daemon runs with the same state dir."""
+
+
+def _lock_state_dir(state: Path) -> int:
+    fd = os.open(state / "pycri.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirInUseError(
+            f"another pycri daemon is running with state dir {state}"
+        ) from None
+    return fd
 
 
 class Daemon:
@@ -37,6 +55,7 @@ class Daemon:
         self.health = ContainerdHealth(self.client)
         self.runtime = RuntimeContext(config=config, containerd=self.client, health=self.health)
         self.initialized = False
+        self._lock_fd: int | None = None
         self.server = CRIServer(
             socket_path=Path(config.socket),
             runtime_impls=bind(self.runtime, RUNTIME_RPCS),
@@ -45,8 +64,12 @@ class Daemon:
         )
 
     async def start(self) -> None:
+        # Refuse a live CRI socket and a second daemon on the same dirs before touching
+        # containerd: a refused daemon must not adopt, let alone stop, another's containerd.
+        await asyncio.to_thread(prepare_socket, Path(self.config.socket))
         for path in (self.config.root, self.config.state):
             await asyncio.to_thread(Path(path).mkdir, parents=True, exist_ok=True)
+        self._lock_fd = await asyncio.to_thread(_lock_state_dir, Path(self.config.state))
         if self.managed is not None:
             await self.managed.start()
         await self.client.ensure_namespace(timeout=10)
@@ -70,8 +93,11 @@ class Daemon:
             await self.server.stop()
         await self.health.stop()
         await self.client.close()
-        if self.managed is not None:
+        if self.managed is not None and self._lock_fd is not None:
             await self.managed.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 async def serve(config: Config) -> None:

@@ -235,6 +235,7 @@ class CRIServer:
         is_ready: Callable[[], bool],
     ) -> None:
         self.socket_path = socket_path
+        self._started = False
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", 16 << 20),
@@ -252,10 +253,14 @@ class CRIServer:
         await asyncio.to_thread(prepare_socket, self.socket_path)
         self._server.add_insecure_port(f"unix://{self.socket_path}")
         await self._server.start()
+        self._started = True
         await asyncio.to_thread(os.chmod, self.socket_path, 0o660)
         log.info("serving CRI", extra={"socket": str(self.socket_path)})
 
     async def stop(self, *, grace: float = 5.0) -> None:
+        if not self._started:
+            return  # never bound: the socket path may be another server's
+        self._started = False
         await self._server.stop(grace)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self.socket_path.unlink)
