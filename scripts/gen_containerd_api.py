@@ -22,7 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ("golang-github-containerd-containerd-dev", "golang-github-gogo-protobuf-dev")
+PACKAGES = (
+    "golang-github-containerd-containerd-dev",
+    "golang-github-gogo-protobuf-dev",
+    "golang-github-containerd-cgroups-dev",  # task metrics (cgroups v1 and v2 stats)
+)
 GOCODE = Path("usr/share/gocode/src")
 CONTAINERD = Path("github.com/containerd/containerd")
 # The .proto files pycri uses, relative to the gocode src root.
@@ -33,6 +37,8 @@ PROTO_GLOBS = (
     "github.com/containerd/containerd/api/events/*.proto",
     "github.com/containerd/containerd/protobuf/plugin/fieldpath.proto",
     "github.com/containerd/containerd/runtime/v2/runc/options/oci.proto",
+    "github.com/containerd/cgroups/stats/v1/metrics.proto",
+    "github.com/containerd/cgroups/v2/stats/metrics.proto",
 )
 STAMP = ".pycri-stamp"
 
@@ -41,9 +47,11 @@ def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "build").resolve()
     debs, tree, out = root / "debs", root / "proto", root / "gen"
     debs.mkdir(parents=True, exist_ok=True)
-    if not list(debs.glob("*.deb")):
-        subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs, check=True,
-                       stdout=subprocess.DEVNULL)
+    missing = [p for p in PACKAGES if not list(debs.glob(f"{p}_*.deb"))]
+    if missing:
+        subprocess.run(
+            ["apt-get", "-o", "APT::Sandbox::User=root", "download", *missing], cwd=debs, check=True, stdout=subprocess.DEVNULL
+        )
     deb_files = sorted(debs.glob("*.deb"))
     digest = hashlib.sha256(b"v2" + b"".join(p.name.encode() for p in deb_files)).hexdigest()
     if (out / STAMP).exists() and (out / STAMP).read_text() == digest:

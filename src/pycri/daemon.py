@@ -21,6 +21,10 @@ from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
 from pycri.containerd.supervisor import ManagedContainerd
+from pycri.events.dispatcher import EventDispatcher
+from pycri.events.handlers import handle_event
+from pycri.events.monitor import ExitMonitors
+from pycri.events.types import Event
 from pycri.service.context import RuntimeContext
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
 
@@ -54,6 +58,14 @@ class Daemon:
         self.client = ContainerdClient(config.containerd_socket)
         self.health = ContainerdHealth(self.client)
         self.runtime = RuntimeContext(config=config, containerd=self.client, health=self.health)
+        rt = self.runtime
+
+        async def handle(object_id: str, event: Event) -> None:
+            await handle_event(rt, object_id, event)
+
+        self.dispatcher: EventDispatcher[Event] = EventDispatcher(handler=handle, name="exits")
+        rt.dispatcher = self.dispatcher
+        rt.monitors = ExitMonitors(client=self.client, submit=self.dispatcher.submit)
         self.initialized = False
         self._lock_fd: int | None = None
         self.server = CRIServer(
@@ -75,6 +87,7 @@ class Daemon:
         await self.client.ensure_namespace(timeout=10)
         await self.health.probe()
         self.health.start()
+        self.dispatcher.start()
         await self.server.start()
         self.initialized = True
         log.info(
@@ -91,6 +104,11 @@ class Daemon:
         self.initialized = False
         with contextlib.suppress(Exception):
             await self.server.stop()
+        await self.runtime.monitors.stop()
+        await self.dispatcher.stop()
+        for container in self.runtime.containers.all():
+            if container.io is not None:  # keep the FIFOs: the containers live on
+                await container.io.detach()
         await self.health.stop()
         await self.client.close()
         if self.managed is not None and self._lock_fd is not None:

@@ -8,6 +8,8 @@ or layout touches this file only.
 
 from __future__ import annotations
 
+from github.com.containerd.cgroups.stats.v1 import metrics_pb2 as cgroups_v1
+from github.com.containerd.cgroups.v2.stats import metrics_pb2 as cgroups_v2
 from github.com.containerd.containerd.api.events import (
     image_pb2 as image_events,
 )
@@ -61,6 +63,8 @@ from github.com.containerd.containerd.runtime.v2.runc.options import (
 )
 
 __all__ = [
+    "cgroups_v1",
+    "cgroups_v2",
     "containers",
     "content",
     "descriptor",

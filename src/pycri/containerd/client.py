@@ -420,6 +420,80 @@ class _Content(_Service):
             f"{self.prefix}/Write", api.content.WriteContentResponse, lease=lease
         )
 
+    async def write(
+        self,
+        *,
+        ref: str,
+        expected: str,
+        total: int,
+        chunks: AsyncIterator[bytes],
+        labels: dict[str, str] | None = None,
+        lease: str | None = None,
+    ) -> str:
+        """Stream ``chunks`` into the ingest ``ref`` and commit it as ``expected``.
+
+        One request at a time, each answered before the next is sent (containerd answers
+        every message), so memory stays bounded by one chunk. containerd checks the size and
+        digest at commit: a mismatch fails the commit (FailedPreconditionError) and nothing is
+        stored. ``AlreadyExistsError`` when the content is already present. The ingest of a
+        failed write is left for the caller to ``abort`` (or its lease to collect).
+        Returns the committed digest.
+        """
+        call = self.write_stream(lease=lease)
+        W = api.content.WriteContentRequest
+
+        async def exchange(request: Message) -> Any:
+            await call.write(request)
+            return await call.read()
+
+        try:
+            await exchange(W(action=api.content.STAT, ref=ref, total=total, expected=expected))
+            offset = 0
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                await exchange(W(action=api.content.WRITE, ref=ref, offset=offset, data=chunk))
+                offset += len(chunk)
+            committed = await exchange(
+                W(
+                    action=api.content.COMMIT,
+                    ref=ref,
+                    offset=offset,
+                    total=total,
+                    expected=expected,
+                    labels=labels or {},
+                )
+            )
+            await call.done_writing()
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, method="Write") from None
+        finally:
+            call.cancel()
+        return str(committed.digest)
+
+    async def update(
+        self,
+        digest: str,
+        labels: dict[str, str],
+        *,
+        paths: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Set labels on committed content; only ``labels.<key>`` of the given keys change."""
+        from google.protobuf import field_mask_pb2
+
+        mask = list(paths) if paths is not None else [f"labels.{key}" for key in labels]
+        resp = await self._call(
+            "Update",
+            api.content.UpdateRequest(
+                info=api.content.Info(digest=digest, labels=labels),
+                update_mask=field_mask_pb2.FieldMask(paths=mask),
+            ),
+            api.content.UpdateResponse,
+            timeout=timeout,
+        )
+        return resp.info
+
 
 class _Images(_Service):
     prefix = "/containerd.services.images.v1.Images"
@@ -453,10 +527,18 @@ class _Images(_Service):
         )
         return resp.image
 
-    async def update(self, image: Any, *, lease: str | None = None) -> Any:
+    async def update(
+        self, image: Any, *, paths: Sequence[str] = (), lease: str | None = None
+    ) -> Any:
+        """Update an image record; an empty ``paths`` replaces labels and target."""
+        from google.protobuf import field_mask_pb2
+
         resp = await self._call(
             "Update",
-            api.images.UpdateImageRequest(image=image),
+            api.images.UpdateImageRequest(
+                image=image,
+                update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
+            ),
             api.images.UpdateImageResponse,
             lease=lease,
         )
@@ -583,6 +665,16 @@ class _Leases(_Service):
             "List", api.leases.ListRequest(filters=list(filters)), api.leases.ListResponse
         )
         return list(resp.leases)
+
+    async def add_resource(self, lease_id: str, *, resource_id: str, resource_type: str) -> None:
+        """Make the lease hold an existing object (``content`` or ``snapshots/<name>``)."""
+        await self._call(
+            "AddResource",
+            api.leases.AddResourceRequest(
+                id=lease_id, resource=api.leases.Resource(id=resource_id, type=resource_type)
+            ),
+            empty_pb2.Empty,
+        )
 
 
 class _Events(_Service):

@@ -6,11 +6,24 @@ through this object, which the daemon builds once. Tests build it with real part
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
+from pycri.net.netns import NetNS
+from pycri.oci.spec import HostFeatures, probe_host_features
+from pycri.store.container import ContainerStore
+from pycri.store.names import NameIndex
+from pycri.store.sandbox import SandboxStore
+
+if TYPE_CHECKING:
+    from pycri.events.dispatcher import EventDispatcher
+    from pycri.events.handlers import Faults
+    from pycri.events.monitor import ExitMonitors
+    from pycri.events.types import Event
 
 
 @dataclass(kw_only=True)
@@ -18,6 +31,39 @@ class RuntimeContext:
     config: Config
     containerd: ContainerdClient
     health: ContainerdHealth
+    host_features: HostFeatures = field(default_factory=probe_host_features)
+    sandboxes: SandboxStore = field(default_factory=SandboxStore)
+    containers: ContainerStore = field(default_factory=ContainerStore)
+    sandbox_names: NameIndex = field(default_factory=NameIndex)
+    container_names: NameIndex = field(default_factory=NameIndex)
+    # set by the daemon once built (they need the context themselves)
+    monitors: ExitMonitors = field(init=False)
+    dispatcher: EventDispatcher[Event] = field(init=False)
+    faults: Faults = field(init=False)
+
+    def __post_init__(self) -> None:
+        from pycri.events.handlers import Faults
+
+        self.faults = Faults(enabled=self.config.enable_fault_injection)
+
+    def emit_container_event(self, object_id: str, kind: str) -> None:
+        """Publish a lifecycle event to GetContainerEvents subscribers (event-monitor issue)."""
+
+    @property
+    def netns(self) -> NetNS:
+        return NetNS(Path(self.config.state) / "netns")
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return Path(self.config.root) / "sandboxes" / sandbox_id
+
+    def container_dir(self, container_id: str) -> Path:
+        return Path(self.config.root) / "containers" / container_id
+
+    def container_status_path(self, container_id: str) -> Path:
+        return self.container_dir(container_id) / "status"
+
+    def container_io_dir(self, container_id: str) -> Path:
+        return Path(self.config.state) / "containers" / container_id / "io"
 
     def network_status(self) -> tuple[bool, str]:
         """(ready, message) of pod networking; CNI comes with the networking issue."""

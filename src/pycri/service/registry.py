@@ -11,7 +11,23 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from pycri.service import status, version
+from pycri.service import (
+    container_create,
+    container_exec,
+    container_log,
+    container_remove,
+    container_start,
+    container_status,
+    container_stop,
+    container_update,
+    sandbox_remove,
+    sandbox_run,
+    sandbox_status,
+    sandbox_stop,
+    stats,
+    status,
+    version,
+)
 from pycri.service.context import RuntimeContext
 
 Impl = Callable[[RuntimeContext, Any], Awaitable[Message]]
@@ -19,6 +35,24 @@ Impl = Callable[[RuntimeContext, Any], Awaitable[Message]]
 RUNTIME_RPCS: dict[str, Impl] = {
     "Version": version.version,
     "Status": status.status,
+    "RunPodSandbox": sandbox_run.run_pod_sandbox,
+    "StopPodSandbox": sandbox_stop.stop_pod_sandbox,
+    "RemovePodSandbox": sandbox_remove.remove_pod_sandbox,
+    "PodSandboxStatus": sandbox_status.pod_sandbox_status,
+    "ListPodSandbox": sandbox_status.list_pod_sandbox,
+    "CreateContainer": container_create.create_container,
+    "StartContainer": container_start.start_container,
+    "StopContainer": container_stop.stop_container_rpc,
+    "RemoveContainer": container_remove.remove_container_rpc,
+    "ContainerStatus": container_status.container_status,
+    "ListContainers": container_status.list_containers,
+    "UpdateContainerResources": container_update.update_container_resources,
+    "ReopenContainerLog": container_log.reopen_container_log,
+    "ExecSync": container_exec.exec_sync,
+    "ContainerStats": stats.container_stats,
+    "ListContainerStats": stats.list_container_stats,
+    "PodSandboxStats": stats.pod_sandbox_stats,
+    "ListPodSandboxStats": stats.list_pod_sandbox_stats,
 }
 
 IMAGE_RPCS: dict[str, Impl] = {}

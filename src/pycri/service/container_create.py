@@ -1,0 +1,199 @@
+"""CreateContainer: validate, reserve the name, build the OCI spec, make the containerd
+container, checkpoint CREATED.
+
+Steps (undone in reverse on failure, so bad input leaves nothing behind):
+    validate → sandbox READY → reserve name → resolve image (local only: no implicit pull) →
+    resolve the user against the image's /etc/passwd → spec → lease + snapshot + containerd
+    container (metadata in its extension) → status checkpoint (CreatedAt) → store
+
+The containerd container exists before the status file, and remove deletes the status last,
+so a crash at any point leaves something recovery can reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2
+
+from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.images.model import Image
+from pycri.oci import spec as oci
+from pycri.service import records
+from pycri.service.cgroups import cgroups_path
+from pycri.service.context import RuntimeContext
+from pycri.service.ids import new_id, now_ns
+from pycri.service.image_resolve import resolve_image
+from pycri.service.rollback import Rollback
+from pycri.service.sandbox_files import SandboxFiles
+from pycri.service.sandbox_run import current_oom_score_adj
+from pycri.store import checkpoint
+from pycri.store.container import Container, ContainerMetadata, ContainerStatus
+from pycri.store.names import container_name
+from pycri.store.sandbox import SandboxState
+
+log = logging.getLogger(__name__)
+
+
+def validate_container_config(config: api_pb2.ContainerConfig) -> None:
+    if not config.HasField("metadata") or not config.metadata.name:
+        raise InvalidArgument("container config must include metadata with a name")
+    if not config.image.image:
+        raise InvalidArgument("container config must name an image")
+    try:
+        if config.log_path:
+            oci.validate_log_path(config.log_path)
+        for mount in config.mounts:
+            oci.validate_mount(mount)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
+
+
+def _read_from_layers(mounts: list[Any], rel: str) -> str:
+    """Read a file of the container's rootfs straight from the snapshot's layer dirs.
+
+    An overlay mount lists its dirs top-most first (upperdir, then lowerdirs); a bind
+    mount is a single dir. The first dir that has the file wins, as overlayfs would show.
+    No mount is made, so nothing needs cleaning up.
+    """
+    dirs: list[str] = []
+    for mount in mounts:
+        if mount.type == "bind":
+            dirs.append(mount.source)
+            continue
+        for option in mount.options:
+            key, _, value = option.partition("=")
+            if key == "upperdir":
+                dirs.insert(0, value)
+            elif key == "lowerdir":
+                dirs.extend(value.split(":"))
+    for d in dirs:
+        path = Path(d) / rel
+        if path.is_file():
+            return path.read_text(errors="replace")
+    return ""
+
+
+async def resolve_process_user(
+    rt: RuntimeContext, config: api_pb2.ContainerConfig, image: Image, mounts: list[Any]
+) -> oci.ProcessUser:
+    security = config.linux.security_context
+    passwd, group = await asyncio.to_thread(
+        lambda: (_read_from_layers(mounts, "etc/passwd"), _read_from_layers(mounts, "etc/group"))
+    )
+    try:
+        return oci.resolve_user(
+            image_user=image.config.user,
+            run_as_user=security.run_as_user.value if security.HasField("run_as_user") else None,
+            run_as_username=security.run_as_username,
+            run_as_group=security.run_as_group.value if security.HasField("run_as_group") else None,
+            supplemental_groups=list(security.supplemental_groups),
+            passwd=passwd,
+            group=group,
+        )
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
+
+
+async def create_container(
+    rt: RuntimeContext, request: api_pb2.CreateContainerRequest
+) -> api_pb2.CreateContainerResponse:
+    config = request.config
+    validate_container_config(config)
+    sandbox = rt.sandboxes.get(request.pod_sandbox_id)
+    if sandbox.status.state is not SandboxState.READY:
+        raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
+    sandbox_config = sandbox.metadata.config
+    container_id = new_id()
+    name = container_name(config.metadata, sandbox_config.metadata)
+    async with Rollback(what=f"container {container_id}") as undo:
+        rt.container_names.reserve(name, container_id)
+        undo.push("release name", lambda: rt.container_names.release(name, container_id))
+        image = await resolve_image(rt, config.image.image)
+        log_path = (
+            os.path.join(sandbox_config.log_directory, config.log_path)
+            if sandbox_config.log_directory and config.log_path
+            else ""
+        )
+        created_at = now_ns()
+        metadata = ContainerMetadata(
+            id=container_id,
+            name=name,
+            sandbox_id=sandbox.id,
+            config=config,
+            image_id=image.id,
+            image_name=config.image.image,
+            log_path=log_path,
+            stop_signal=image.config.stop_signal,
+            created_at=created_at,
+        )
+
+        # The snapshot comes first: the user lookup reads /etc/passwd from its layers.
+        async def build_spec(mounts: list[Any]) -> dict[str, Any]:
+            user = await resolve_process_user(rt, config, image, mounts)
+            files = SandboxFiles(rt.sandbox_dir(sandbox.id))
+            try:
+                # device_from_host stats host paths: off the loop
+                return await asyncio.to_thread(
+                    functools.partial(
+                        oci.container_spec,
+                        container_id=container_id,
+                        config=config,
+                        sandbox_id=sandbox.id,
+                        sandbox_config=sandbox_config,
+                        sandbox_pid=sandbox.status.pid,
+                        image=image.config,
+                        image_name=config.image.image,
+                        user=user,
+                        hostname_path=str(files.hostname),
+                        resolv_conf_path=str(files.resolv_conf),
+                        hosts_path=str(files.hosts),
+                        cgroups_path=cgroups_path(sandbox_config, container_id),
+                        current_oom_score_adj=current_oom_score_adj(),
+                        host=rt.host_features,
+                    )
+                )
+            except (OSError, ValueError) as err:
+                raise InvalidArgument(f"container config: {err}") from None
+
+        await records.create_record(
+            rt,
+            object_id=container_id,
+            kind=records.KIND_CONTAINER,
+            image=image,
+            spec=build_spec,
+            metadata=metadata.encode(),
+            labels={
+                **image.config.labels,
+                **dict(config.labels),
+                records.SANDBOX_ID_LABEL: sandbox.id,
+            },
+            undo=undo,
+        )
+        status = ContainerStatus(
+            created_at=created_at,
+            resources=oci.linux_resources_to_oci(config.linux.resources),
+        )
+        status_path = rt.container_status_path(container_id)
+        await checkpoint.write(status_path, status.persisted())
+        undo.push("remove container dir", lambda: _remove_dir(rt.container_dir(container_id)))
+        container = Container(metadata=metadata, status=status, status_path=status_path)
+        rt.containers.add(container)
+        undo.commit()
+    log.info(
+        "container created",
+        extra={"container_id": container_id, "name": name, "sandbox_id": sandbox.id},
+    )
+    rt.emit_container_event(container_id, "CREATED")
+    return api_pb2.CreateContainerResponse(container_id=container_id)
+
+
+async def _remove_dir(path: Path) -> None:
+    import shutil
+
+    await asyncio.to_thread(shutil.rmtree, path, True)

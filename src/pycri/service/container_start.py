@@ -1,0 +1,123 @@
+"""StartContainer: create the task with the container's IO, issue Wait, start it, record
+RUNNING, and hand the task to its exit monitor.
+
+Guards: the container must be CREATED and not already starting or being removed (the
+``starting`` flag fences a concurrent Start/Remove), and its sandbox READY. On any failure
+the container becomes EXITED with exit code 128 and reason ``StartError`` (not CREATED
+again), and its task is deleted, as kubelet expects (reference §2.2).
+
+Order: StartedAt is persisted before the monitor starts, so an instant exit (``true``)
+still ends EXITED with StartedAt ≤ FinishedAt (behaviour 30).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cri_api.v1 import api_pb2
+
+from pycri.cio.container_io import ContainerIO
+from pycri.containerd import api
+from pycri.errors import FailedPrecondition
+from pycri.events.types import Kind
+from pycri.service import records
+from pycri.service.context import RuntimeContext
+from pycri.service.ids import now_ns
+from pycri.store.container import (
+    REASON_START_ERROR,
+    START_ERROR_EXIT_CODE,
+    Container,
+)
+from pycri.store.sandbox import SandboxState
+
+log = logging.getLogger(__name__)
+
+
+async def start_container(
+    rt: RuntimeContext, request: api_pb2.StartContainerRequest
+) -> api_pb2.StartContainerResponse:
+    container = rt.containers.get(request.container_id)
+    status = container.status
+    if status.starting:
+        raise FailedPrecondition(f"container {container.id} is already being started")
+    if status.removing:
+        raise FailedPrecondition(f"container {container.id} is being removed")
+    if status.state != api_pb2.CONTAINER_CREATED:
+        raise FailedPrecondition(
+            f"container {container.id} is in state "
+            f"{api_pb2.ContainerState.Name(status.state)}, not CONTAINER_CREATED"
+        )
+    container.set_transient(starting=True)
+    try:
+        await _start(rt, container)
+    except BaseException as err:
+        await _record_start_error(rt, container, err)
+        raise
+    finally:
+        container.set_transient(starting=False)
+    rt.emit_container_event(container.id, "STARTED")
+    return api_pb2.StartContainerResponse()
+
+
+async def _start(rt: RuntimeContext, container: Container) -> None:
+    sandbox = rt.sandboxes.find(container.metadata.sandbox_id)
+    if sandbox is None or sandbox.status.state is not SandboxState.READY:
+        raise FailedPrecondition(
+            f"sandbox {container.metadata.sandbox_id} of container {container.id} is not ready"
+        )
+    config = container.metadata.config
+    client = rt.containerd
+    io = await ContainerIO.create(
+        container_id=container.id,
+        fifo_dir=str(rt.container_io_dir(container.id)),
+        stdin=config.stdin,
+        tty=config.tty,
+        log_path=container.metadata.log_path,
+        max_line_size=rt.config.max_container_log_line_size,
+    )
+    container.io = io
+    mounts = await client.snapshots.mounts(rt.config.snapshotter, container.id)
+    await client.tasks.create(
+        api.tasks.CreateTaskRequest(
+            container_id=container.id,
+            rootfs=mounts,
+            stdin=io.paths.stdin,
+            stdout=io.paths.stdout,
+            stderr=io.paths.stderr,
+            terminal=io.paths.terminal,
+        ),
+        timeout=60,
+    )
+    wait = await rt.monitors.issue_wait(container.id)
+    try:
+        pid = await client.tasks.start(container.id, timeout=60)
+        await container.update(lambda s: s.replace(pid=pid, started_at=now_ns()))
+    except BaseException:
+        wait.cancel()
+        raise
+    rt.monitors.watch(kind=Kind.CONTAINER, object_id=container.id, pid=pid, wait=wait)
+    log.info("container started", extra={"container_id": container.id, "pid": pid})
+
+
+async def _record_start_error(rt: RuntimeContext, container: Container, err: BaseException) -> None:
+    message = getattr(err, "message", None) or str(err) or type(err).__name__
+    log.warning("container start failed", extra={"container_id": container.id, "error": message})
+    try:
+        await records.kill_and_delete_task(rt, container.id)
+    except Exception as cleanup_err:
+        log.error(
+            "deleting the task of a failed start failed",
+            extra={"container_id": container.id, "error": repr(cleanup_err)},
+        )
+    if container.io is not None:
+        await container.io.close()
+        container.io = None
+    await container.update(
+        lambda s: s.replace(
+            pid=0,
+            finished_at=now_ns(),
+            exit_code=START_ERROR_EXIT_CODE,
+            reason=REASON_START_ERROR,
+            message=message,
+        )
+    )

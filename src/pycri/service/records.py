@@ -1,0 +1,164 @@
+"""containerd container records for pycri's sandboxes and containers.
+
+pycri keeps an object's immutable metadata in its containerd container record (an
+extension), so it survives a restart of pycri with nothing else on disk. Labels mark which
+records are pycri's and of which kind; recovery lists by them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import any_pb2
+
+from pycri.containerd import api
+from pycri.containerd.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from pycri.images.model import Image
+    from pycri.service.context import RuntimeContext
+    from pycri.service.rollback import Rollback
+
+log = logging.getLogger(__name__)
+LEASE_EXPIRY_S = 3600
+
+KIND_LABEL = "io.pycri.kind"
+KIND_SANDBOX = "sandbox"
+KIND_CONTAINER = "container"
+SANDBOX_ID_LABEL = "io.pycri.sandbox-id"
+METADATA_EXTENSION = "io.pycri.metadata"
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+METADATA_TYPE_URL = "pycri.io/metadata/v1"
+
+
+def json_any(type_url: str, document: Any) -> any_pb2.Any:
+    return any_pb2.Any(type_url=type_url, value=json.dumps(document).encode())
+
+
+def new_record(
+    *,
+    object_id: str,
+    kind: str,
+    image: str,
+    spec: dict[str, Any],
+    metadata: bytes,
+    labels: dict[str, str],
+    runtime: str,
+    snapshotter: str,
+) -> Any:
+    return api.containers.Container(
+        id=object_id,
+        image=image,
+        labels={**labels, KIND_LABEL: kind},
+        runtime=api.containers.Container.Runtime(name=runtime),
+        spec=json_any(SPEC_TYPE_URL, spec),
+        snapshotter=snapshotter,
+        snapshot_key=object_id,
+        extensions={METADATA_EXTENSION: any_pb2.Any(type_url=METADATA_TYPE_URL, value=metadata)},
+    )
+
+
+def record_metadata(record: Any) -> dict[str, Any]:
+    """pycri's metadata document from a record; KeyError/ValueError if absent or corrupt."""
+    ext = record.extensions[METADATA_EXTENSION]
+    doc = json.loads(ext.value)
+    if not isinstance(doc, dict):
+        raise ValueError("metadata extension is not an object")
+    return doc
+
+
+def record_spec(record: Any) -> dict[str, Any]:
+    spec = json.loads(record.spec.value)
+    if not isinstance(spec, dict):
+        raise ValueError("spec is not an object")
+    return spec
+
+
+async def create_record(
+    rt: RuntimeContext,
+    *,
+    object_id: str,
+    kind: str,
+    image: Image,
+    spec: dict[str, Any] | Callable[[list[Any]], Awaitable[dict[str, Any]]],
+    metadata: bytes,
+    labels: dict[str, str],
+    undo: Rollback,
+) -> list[Any]:
+    """Prepare the object's snapshot and create its containerd container record.
+
+    Both happen under a short-lived lease, so containerd's GC cannot take the new snapshot
+    before the record references it, and a crash in between leaves nothing that the lease's
+    expiry would not collect. Returns the rootfs mounts for the task.
+    """
+    client = rt.containerd
+    snapshotter = rt.config.snapshotter
+    lease = await client.leases.create(
+        f"pycri-create-{object_id}",
+        labels={
+            "containerd.io/gc.expire": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + LEASE_EXPIRY_S)
+            )
+        },
+    )
+    try:
+        mounts = await client.snapshots.prepare(snapshotter, object_id, image.chain_id, lease=lease)
+        undo.push("remove snapshot", lambda: remove_snapshot(rt, object_id))
+        if callable(spec):  # the spec may depend on the rootfs (user lookup)
+            spec = await spec(mounts)
+        record = new_record(
+            object_id=object_id,
+            kind=kind,
+            image=image.repo_tags[0] if image.repo_tags else image.id,
+            spec=spec,
+            metadata=metadata,
+            labels=labels,
+            runtime=rt.config.runtime,
+            snapshotter=snapshotter,
+        )
+        await client.containers.create(record, lease=lease, timeout=30)
+        undo.push("delete containerd container", lambda: delete_record(rt, object_id))
+    finally:
+        await client.leases.delete(lease)
+    return mounts
+
+
+async def remove_snapshot(rt: RuntimeContext, object_id: str) -> None:
+    try:
+        await rt.containerd.snapshots.remove(rt.config.snapshotter, object_id)
+    except NotFoundError:
+        pass
+
+
+async def delete_record(rt: RuntimeContext, object_id: str) -> None:
+    """Delete the containerd container and its snapshot; idempotent."""
+    try:
+        await rt.containerd.containers.delete(object_id, timeout=30)
+    except NotFoundError:
+        pass
+    await remove_snapshot(rt, object_id)
+
+
+async def kill_and_delete_task(rt: RuntimeContext, object_id: str) -> None:
+    """Kill a task and delete it (rollback and forced cleanup paths); idempotent."""
+    tasks = rt.containerd.tasks
+    try:
+        await tasks.kill(object_id, 9, all=True, timeout=10)
+    except NotFoundError:
+        return
+    except Exception as err:  # a stopped task refuses kill; delete decides
+        log.debug("kill failed", extra={"id": object_id, "error": str(err)})
+    try:
+        await tasks.wait(object_id, timeout=10)
+    except Exception as err:
+        log.debug("wait after kill failed", extra={"id": object_id, "error": str(err)})
+    try:
+        await tasks.delete(object_id, timeout=30)
+    except NotFoundError:
+        pass

@@ -1,0 +1,41 @@
+"""RemovePodSandbox: stop the pod (forced), remove its containers, then the sandbox itself.
+
+Idempotent: an unknown ID is a success. Order matters for crash safety: containers first,
+then the sandbox's files, its task and containerd record, and last the in-memory entry and
+its name, so a crash midway leaves a sandbox that a repeated Remove (or recovery) finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cri_api.v1 import api_pb2
+
+from pycri.service import records
+from pycri.service.container_remove import remove_container
+from pycri.service.context import RuntimeContext
+from pycri.service.sandbox_files import SandboxFiles, remove_sandbox_files
+from pycri.service.sandbox_stop import stop_sandbox
+
+log = logging.getLogger(__name__)
+
+
+async def remove_pod_sandbox(
+    rt: RuntimeContext, request: api_pb2.RemovePodSandboxRequest
+) -> api_pb2.RemovePodSandboxResponse:
+    sandbox = rt.sandboxes.find(request.pod_sandbox_id)
+    if sandbox is None:
+        return api_pb2.RemovePodSandboxResponse()
+    await stop_sandbox(rt, sandbox)
+    await asyncio.gather(*(remove_container(rt, c) for c in rt.containers.in_sandbox(sandbox.id)))
+    await records.kill_and_delete_task(rt, sandbox.id)
+    await records.delete_record(rt, sandbox.id)
+    await remove_sandbox_files(SandboxFiles(rt.sandbox_dir(sandbox.id)))
+    rt.sandboxes.remove(sandbox.id)
+    rt.sandbox_names.release(sandbox.metadata.name, sandbox.id)
+    rt.dispatcher.remove(sandbox.id)
+    rt.faults.forget(sandbox.id)
+    rt.emit_container_event(sandbox.id, "DELETED")
+    log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
+    return api_pb2.RemovePodSandboxResponse()

@@ -1,0 +1,104 @@
+"""The gRPC seam: error mapping, readiness gate, UNIMPLEMENTED, socket handling."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from pycri.api.server import CRIServer, SocketInUseError, prepare_socket
+from pycri.containerd.errors import NotFoundError, UnavailableError
+from pycri.errors import AlreadyExists, InvalidArgument
+
+ready = {"value": True}
+
+
+async def raising(request: Any) -> Any:
+    kind = request.container_id
+    if kind == "invalid":
+        raise InvalidArgument("bad thing")
+    if kind == "exists":
+        raise AlreadyExists("held by x")
+    if kind == "ctd-notfound":
+        raise NotFoundError("containerd Get: not found")
+    if kind == "ctd-down":
+        raise UnavailableError("containerd down")
+    if kind == "timeout":
+        raise TimeoutError
+    if kind == "crash":
+        raise ZeroDivisionError("oops")
+    return api_pb2.ContainerStatusResponse()
+
+
+@pytest.fixture
+async def stub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    sock = tmp_path / "s.sock"
+    server = CRIServer(
+        socket_path=sock,
+        runtime_impls={"ContainerStatus": raising},
+        image_impls={},
+        is_ready=lambda: ready["value"],
+    )
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix://{sock}")
+    yield api_pb2_grpc.RuntimeServiceStub(channel)
+    await channel.close()
+    await server.stop(grace=0)
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "text"),
+    [
+        ("invalid", grpc.StatusCode.INVALID_ARGUMENT, "bad thing"),
+        ("exists", grpc.StatusCode.ALREADY_EXISTS, "held by x"),
+        ("ctd-notfound", grpc.StatusCode.NOT_FOUND, "not found"),
+        ("ctd-down", grpc.StatusCode.UNAVAILABLE, "containerd down"),
+        ("timeout", grpc.StatusCode.DEADLINE_EXCEEDED, "timed out"),
+        ("crash", grpc.StatusCode.INTERNAL, "ZeroDivisionError: oops"),
+    ],
+)
+async def test_errors_map_to_codes(stub, kind: str, code: grpc.StatusCode, text: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=kind))
+    assert err.value.code() == code
+    assert text in (err.value.details() or "")
+    # the server survives every one of them
+    await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="fine"))
+
+
+async def test_not_initialized_refused(stub) -> None:  # type: ignore[no-untyped-def]
+    ready["value"] = False
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="fine"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not initialized" in (err.value.details() or "")
+    finally:
+        ready["value"] = True
+
+
+async def test_unimplemented(stub) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListMetricDescriptors(api_pb2.ListMetricDescriptorsRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ListMetricDescriptors" in (err.value.details() or "")
+
+
+def test_prepare_socket(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "s.sock"
+    prepare_socket(path)  # creates the parent
+    assert path.parent.is_dir()
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    with pytest.raises(SocketInUseError):
+        prepare_socket(path)
+    live.close()
+    prepare_socket(path)  # stale now: removed
+    assert not path.exists()
