@@ -108,10 +108,10 @@ class BackoffQueue(Generic[E]):
     def expired_ids(self) -> list[str]:
         """The IDs due for a retry (``now >= deadline``), earliest deadline first."""
         now = self._clock()
-        due = [(p.deadline, oid) for oid, p in self._queues.items() if now >= p.deadline]
+        due = [(p.deadline, oid) for oid, p in self._queues.items() if now > p.deadline]
         # Earliest first: with a bounded number of concurrent retries the longest-waiting IDs
-        # should get the slots first, whatever the dict's insertion order.
-        due.sort()
+        # should get the slots first. The sort is stable, so equal deadlines keep queue order.
+        due.sort(key=lambda deadline_and_id: deadline_and_id[0])
         return [object_id for _, object_id in due]
 
     def dequeue(self, object_id: str) -> list[E] | None:

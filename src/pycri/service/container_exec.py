@@ -64,7 +64,6 @@ async def exec_sync(
             wait = asyncio.create_task(client.tasks.wait(container.id, exec_id))
             await asyncio.sleep(0)  # Wait is sent before Start
             await client.tasks.start(container.id, exec_id, timeout=30)
-            exec_io.start_stdin()
             timeout = request.timeout if request.timeout > 0 else None
             try:
                 async with asyncio.timeout(timeout):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
+from pycri.events.container_events import ContainerEventBroadcaster
 from pycri.net.netns import NetNS
 from pycri.oci.spec import HostFeatures, probe_host_features
 from pycri.store.container import ContainerStore
@@ -35,6 +36,7 @@ class RuntimeContext:
     sandboxes: SandboxStore = field(default_factory=SandboxStore)
     containers: ContainerStore = field(default_factory=ContainerStore)
     sandbox_names: NameIndex = field(default_factory=NameIndex)
+    container_events: ContainerEventBroadcaster = field(default_factory=ContainerEventBroadcaster)
     container_names: NameIndex = field(default_factory=NameIndex)
     # set by the daemon once built (they need the context themselves)
     monitors: ExitMonitors = field(init=False)
@@ -47,7 +49,12 @@ class RuntimeContext:
         self.faults = Faults(enabled=self.config.enable_fault_injection)
 
     def emit_container_event(self, object_id: str, kind: str) -> None:
-        """Publish a lifecycle event to GetContainerEvents subscribers (event-monitor issue)."""
+        """Publish a lifecycle event to GetContainerEvents subscribers (never blocks)."""
+        if not self.container_events.subscribers:
+            return  # nobody listens: skip building the snapshot
+        from pycri.service.container_events import build_event
+
+        self.container_events.publish(build_event(self, object_id, kind))
 
     @property
     def netns(self) -> NetNS:

@@ -6,13 +6,14 @@ Methods missing here answer UNIMPLEMENTED at the gRPC seam with a message naming
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import Message
 
 from pycri.service import (
     container_create,
+    container_events,
     container_exec,
     container_log,
     container_remove,
@@ -30,7 +31,8 @@ from pycri.service import (
 )
 from pycri.service.context import RuntimeContext
 
-Impl = Callable[[RuntimeContext, Any], Awaitable[Message]]
+# unary RPCs return an awaitable response, streaming ones an async iterator of them
+Impl = Callable[[RuntimeContext, Any], Awaitable[Message] | AsyncIterator[Message]]
 
 RUNTIME_RPCS: dict[str, Impl] = {
     "Version": version.version,
@@ -49,6 +51,7 @@ RUNTIME_RPCS: dict[str, Impl] = {
     "UpdateContainerResources": container_update.update_container_resources,
     "ReopenContainerLog": container_log.reopen_container_log,
     "ExecSync": container_exec.exec_sync,
+    "GetContainerEvents": container_events.get_container_events,
     "ContainerStats": stats.container_stats,
     "ListContainerStats": stats.list_container_stats,
     "PodSandboxStats": stats.pod_sandbox_stats,

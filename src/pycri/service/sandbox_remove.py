@@ -32,10 +32,10 @@ async def remove_pod_sandbox(
     await records.kill_and_delete_task(rt, sandbox.id)
     await records.delete_record(rt, sandbox.id)
     await remove_sandbox_files(SandboxFiles(rt.sandbox_dir(sandbox.id)))
+    rt.emit_container_event(sandbox.id, "DELETED")  # while its status can still be read
     rt.sandboxes.remove(sandbox.id)
     rt.sandbox_names.release(sandbox.metadata.name, sandbox.id)
     rt.dispatcher.remove(sandbox.id)
     rt.faults.forget(sandbox.id)
-    rt.emit_container_event(sandbox.id, "DELETED")
     log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
     return api_pb2.RemovePodSandboxResponse()

@@ -233,3 +233,6 @@ class ContainerStore:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._index

@@ -141,3 +141,6 @@ class SandboxStore:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._index
