@@ -1,0 +1,257 @@
+"""Recovery at start: rebuild the stores from containerd and the status checkpoints, then
+reconcile every object with its task (reference §4, with the REQ fixes).
+
+Order (design.md "Recovery at start"): the event stream is subscribed before this runs;
+sandboxes first, then containers; each object is added to its store (and its name
+re-reserved) *before* its monitor starts or its exit is handed over, so an exit that
+happens during recovery is never lost (containerd issue #10390). RPCs are served only after.
+
+Container mapping (checkpoint state, task):
+
+    no task      CREATED → CREATED; RUNNING → EXITED 255 Unknown; EXITED → kept;
+                 lost checkpoint → EXITED 255 Unknown
+    created      CREATED → task deleted, CREATED; otherwise → UNKNOWN
+    running      RUNNING → monitored, IO re-attached; CREATED/lost → RUNNING (StartedAt
+                 now), monitored; EXITED → UNKNOWN (a stop makes it EXITED)
+    stopped      exit handed to the dispatcher (exit code and time from containerd;
+                 the first recorded exit wins), which persists it, then deletes the task
+    other/error  UNKNOWN
+
+Sandboxes: pause task running → READY and monitored; gone → NOTREADY; stopped/other →
+NOTREADY, task deleted; lookup error → UNKNOWN. A missing or corrupt checkpoint or
+metadata never stops the start: it is logged, and the object rebuilt or skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2
+
+from pycri.cio.container_io import ContainerIO
+from pycri.cio.fifo import StdioPaths
+from pycri.containerd import api
+from pycri.containerd.errors import ContainerdError, NotFoundError
+from pycri.events.monitor import timestamp_ns
+from pycri.events.types import Kind, TaskExit
+from pycri.service import records
+from pycri.service.context import RuntimeContext
+from pycri.store import checkpoint
+from pycri.store.container import (
+    REASON_UNKNOWN,
+    UNKNOWN_EXIT_CODE,
+    Container,
+    ContainerMetadata,
+    ContainerStatus,
+)
+from pycri.store.sandbox import Sandbox, SandboxMetadata, SandboxState, SandboxStatus
+
+log = logging.getLogger(__name__)
+
+Status = api.task_types.Status
+LOAD_TIMEOUT = 10.0
+
+
+async def _task(rt: RuntimeContext, object_id: str) -> Any | None:
+    """The task's process record, None when there is no task; raises on other errors."""
+    try:
+        return await rt.containerd.tasks.get(object_id, timeout=LOAD_TIMEOUT)
+    except NotFoundError:
+        return None
+
+
+async def _load_sandbox(rt: RuntimeContext, record: Any) -> Sandbox | None:
+    try:
+        metadata = SandboxMetadata.from_json(records.record_metadata(record))
+    except (KeyError, ValueError) as err:
+        log.error(
+            "skipping sandbox with unreadable metadata", extra={"id": record.id, "error": repr(err)}
+        )
+        return None
+    state, pid = SandboxState.UNKNOWN, 0
+    try:
+        process = await _task(rt, metadata.id)
+        if process is None:
+            state = SandboxState.NOTREADY
+        elif process.status == Status.RUNNING:
+            state, pid = SandboxState.READY, int(process.pid)
+        else:
+            state = SandboxState.NOTREADY
+            await records.kill_and_delete_task(rt, metadata.id)
+    except ContainerdError as err:
+        log.error("sandbox task state unknown", extra={"id": metadata.id, "error": str(err)})
+    sandbox = Sandbox(metadata=metadata, status=SandboxStatus(state=state, pid=pid))
+    if metadata.netns_path and not await asyncio.to_thread(Path(metadata.netns_path).exists):
+        sandbox.network_torn_down = True
+    return sandbox
+
+
+async def _load_status(rt: RuntimeContext, metadata: ContainerMetadata) -> ContainerStatus | None:
+    try:
+        doc = await checkpoint.read(rt.container_status_path(metadata.id))
+        return ContainerStatus.from_persisted(doc)
+    except checkpoint.CheckpointError as err:
+        log.error(
+            "container status checkpoint lost; rebuilding from containerd",
+            extra={"container_id": metadata.id, "error": str(err)},
+        )
+        return None
+
+
+def _unknown_exit(status: ContainerStatus) -> ContainerStatus:
+    return status.replace(
+        pid=0,
+        finished_at=time.time_ns(),
+        exit_code=UNKNOWN_EXIT_CODE,
+        reason=REASON_UNKNOWN,
+        unknown=False,
+    )
+
+
+async def _load_container(rt: RuntimeContext, record: Any) -> tuple[Container, Any | None] | None:
+    """The container with its reconciled status, and its running/stopped task if any."""
+    try:
+        metadata = ContainerMetadata.from_json(records.record_metadata(record))
+    except (KeyError, ValueError) as err:
+        log.error(
+            "skipping container with unreadable metadata",
+            extra={"id": record.id, "error": repr(err)},
+        )
+        return None
+    loaded = await _load_status(rt, metadata)
+    lost = loaded is None
+    status = loaded or ContainerStatus(created_at=metadata.created_at)
+    if not status.created_at:
+        status = status.replace(created_at=metadata.created_at)  # never "49 years ago"
+    state = status.state
+    process = None
+    try:
+        process = await _task(rt, metadata.id)
+    except ContainerdError as err:
+        log.error("container task state unknown", extra={"id": metadata.id, "error": str(err)})
+        status = status.replace(unknown=True)
+    else:
+        if process is None:
+            if lost or state == api_pb2.CONTAINER_RUNNING:
+                status = _unknown_exit(status)
+        elif process.status == Status.CREATED:
+            if state == api_pb2.CONTAINER_CREATED and not lost:
+                await records.kill_and_delete_task(rt, metadata.id)  # interrupted start
+                process = None
+            else:
+                status = status.replace(unknown=True)
+        elif process.status == Status.RUNNING:
+            if state == api_pb2.CONTAINER_EXITED:
+                status = status.replace(unknown=True)
+            elif state != api_pb2.CONTAINER_RUNNING:
+                status = status.replace(started_at=time.time_ns(), pid=int(process.pid))
+        elif process.status == Status.STOPPED:
+            if not status.started_at:
+                status = status.replace(started_at=status.created_at)
+        else:
+            status = status.replace(unknown=True)
+    container = Container(
+        metadata=metadata,
+        status=ContainerStatus(),
+        status_path=rt.container_status_path(metadata.id),
+    )
+    await container.update(lambda _: status)  # re-written checkpoint, exited event set
+    return container, process
+
+
+async def _attach_io(rt: RuntimeContext, container: Container, process: Any) -> None:
+    paths = StdioPaths(
+        stdin=process.stdin,
+        stdout=process.stdout,
+        stderr=process.stderr,
+        terminal=process.terminal,
+    )
+    try:
+        container.io = await ContainerIO.reattach(
+            container_id=container.id,
+            paths=paths,
+            log_path=container.metadata.log_path,
+            max_line_size=rt.config.max_container_log_line_size,
+        )
+    except OSError as err:
+        log.error(
+            "could not re-attach container output",
+            extra={"container_id": container.id, "error": str(err)},
+        )
+
+
+async def recover(rt: RuntimeContext) -> None:
+    started = time.monotonic()
+    client = rt.containerd
+    sandbox_records = await client.containers.list(
+        [f'labels."{records.KIND_LABEL}"=={records.KIND_SANDBOX}'], timeout=60
+    )
+    sandboxes = await asyncio.gather(*(_load_sandbox(rt, r) for r in sandbox_records))
+    for sandbox in sandboxes:
+        if sandbox is None:
+            continue
+        rt.sandboxes.add(sandbox)
+        rt.sandbox_names.reserve(sandbox.metadata.name, sandbox.id)
+    container_records = await client.containers.list(
+        [f'labels."{records.KIND_LABEL}"=={records.KIND_CONTAINER}'], timeout=60
+    )
+    loaded = await asyncio.gather(*(_load_container(rt, r) for r in container_records))
+    pending_exits: list[TaskExit] = []
+    for item in loaded:
+        if item is None:
+            continue
+        container, process = item
+        rt.containers.add(container)
+        rt.container_names.reserve(container.metadata.name, container.id)
+        if process is None:
+            continue
+        if process.status == Status.RUNNING:
+            await _attach_io(rt, container, process)
+            rt.monitors.watch(kind=Kind.CONTAINER, object_id=container.id, pid=int(process.pid))
+        elif process.status == Status.STOPPED:
+            pending_exits.append(
+                TaskExit(
+                    kind=Kind.CONTAINER,
+                    object_id=container.id,
+                    pid=int(process.pid),
+                    exit_status=int(process.exit_status),
+                    exited_at=timestamp_ns(process.exited_at),
+                )
+            )
+    # Monitors start only now that every object is in its store.
+    for sandbox in rt.sandboxes.all():
+        if sandbox.status.state is SandboxState.READY:
+            rt.monitors.watch(kind=Kind.SANDBOX, object_id=sandbox.id, pid=sandbox.status.pid)
+    await asyncio.gather(*(rt.dispatcher.submit(e.object_id, e) for e in pending_exits))
+    await asyncio.to_thread(_remove_orphan_dirs, rt)
+    log.info(
+        "recovered state from containerd",
+        extra={
+            "sandboxes": len(rt.sandboxes),
+            "containers": len(rt.containers),
+            "exits_handled": len(pending_exits),
+            "duration_ms": round((time.monotonic() - started) * 1e3),
+        },
+    )
+
+
+def _remove_orphan_dirs(rt: RuntimeContext) -> None:
+    sandbox_ids = {s.id for s in rt.sandboxes.all()}
+    container_ids = {c.id for c in rt.containers.all()}
+    roots = [
+        (Path(rt.config.root) / "sandboxes", sandbox_ids),
+        (Path(rt.config.root) / "containers", container_ids),
+        (Path(rt.config.state) / "containers", container_ids),
+    ]
+    for base, known in roots:
+        if not base.is_dir():
+            continue
+        for entry in base.iterdir():
+            if entry.is_dir() and entry.name not in known:
+                log.info("removing orphan directory", extra={"path": str(entry)})
+                shutil.rmtree(entry, ignore_errors=True)
