@@ -108,7 +108,7 @@ class BackoffQueue(Generic[E]):
     def expired_ids(self) -> list[str]:
         """The IDs due for a retry (``now >= deadline``), earliest deadline first."""
         now = self._clock()
-        due = [(p.deadline, oid) for oid, p in self._queues.items() if now > p.deadline]
+        due = [(p.deadline, oid) for oid, p in self._queues.items() if now >= p.deadline]
         # Earliest first: with a bounded number of concurrent retries the longest-waiting IDs
         # should get the slots first. The sort is stable, so equal deadlines keep queue order.
         due.sort(key=lambda deadline_and_id: deadline_and_id[0])

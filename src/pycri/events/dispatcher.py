@@ -301,8 +301,13 @@ class EventDispatcher(Generic[E]):
         return started
 
     async def _retry(self, object_id: str, state: _IdState) -> None:
-        async with self._retry_slots, state.lock:
-            await self._drain(object_id, state)
+        try:
+            async with self._retry_slots, state.lock:
+                await self._drain(object_id, state)
+        finally:
+            # Cleared here too, in the same step as the lock's release, so that a submit landing
+            # between the end of this task and its done callback is handled, not queued.
+            state.retrying = False
 
     def _retry_done(self, object_id: str, state: _IdState, task: asyncio.Task[None]) -> None:
         self._retry_tasks.discard(task)
