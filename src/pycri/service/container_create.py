@@ -187,7 +187,7 @@ async def create_container(
         undo.commit()
     log.info(
         "container created",
-        extra={"container_id": container_id, "name": name, "sandbox_id": sandbox.id},
+        extra={"container_id": container_id, "container_name": name, "sandbox_id": sandbox.id},
     )
     rt.emit_container_event(container_id, "CREATED")
     return api_pb2.CreateContainerResponse(container_id=container_id)

@@ -90,8 +90,10 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
     )
     wait = await rt.monitors.issue_wait(container.id)
     try:
+        # Taken before Start: the process cannot exit before it, so StartedAt ≤ FinishedAt.
+        started_at = now_ns()
         pid = await client.tasks.start(container.id, timeout=60)
-        await container.update(lambda s: s.replace(pid=pid, started_at=now_ns()))
+        await container.update(lambda s: s.replace(pid=pid, started_at=started_at))
     except BaseException:
         wait.cancel()
         raise

@@ -134,7 +134,7 @@ async def run_pod_sandbox(
         undo.commit()
     log.info(
         "sandbox ready",
-        extra={"sandbox_id": sandbox_id, "name": name, "pid": pid, "netns": netns_path},
+        extra={"sandbox_id": sandbox_id, "sandbox_name": name, "pid": pid, "netns": netns_path},
     )
     rt.emit_container_event(sandbox_id, "CREATED")
     rt.emit_container_event(sandbox_id, "STARTED")
