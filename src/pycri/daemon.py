@@ -24,8 +24,13 @@ from pycri.containerd.supervisor import ManagedContainerd
 from pycri.events.dispatcher import EventDispatcher
 from pycri.events.handlers import handle_event
 from pycri.events.monitor import ExitMonitors
+from pycri.events.reconcile import reconcile
+from pycri.events.stream import EventStream
 from pycri.events.types import Event
+from pycri.images.store import ImageStore
+from pycri.metrics import MetricsServer
 from pycri.service.context import RuntimeContext
+from pycri.service.recovery import recover
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
 
 log = logging.getLogger(__name__)
@@ -57,15 +62,40 @@ class Daemon:
             )
         self.client = ContainerdClient(config.containerd_socket)
         self.health = ContainerdHealth(self.client)
-        self.runtime = RuntimeContext(config=config, containerd=self.client, health=self.health)
+        self.images = ImageStore(
+            self.client, snapshotter=config.snapshotter, pinned_refs=[config.sandbox_image]
+        )
+        self.runtime = RuntimeContext(
+            config=config, containerd=self.client, health=self.health, images=self.images
+        )
         rt = self.runtime
 
         async def handle(object_id: str, event: Event) -> None:
             await handle_event(rt, object_id, event)
 
-        self.dispatcher: EventDispatcher[Event] = EventDispatcher(handler=handle, name="exits")
+        def failed(object_id: str, event: Event, err: BaseException) -> None:
+            step = getattr(err, "step", "timeout" if isinstance(err, TimeoutError) else "other")
+            rt.metrics.step_failed(step)
+
+        self.dispatcher: EventDispatcher[Event] = EventDispatcher(
+            handler=handle, on_failure=failed, name="exits"
+        )
         rt.dispatcher = self.dispatcher
         rt.monitors = ExitMonitors(client=self.client, submit=self.dispatcher.submit)
+
+        async def reconcile_now() -> None:
+            await reconcile(rt)
+
+        self.events = EventStream(
+            client=self.client,
+            submit_oom=self.dispatcher.submit,
+            image_changed=self.images.refresh,
+            reconcile=reconcile_now,
+        )
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_address:
+            self.metrics_server = MetricsServer(rt.metrics, address=config.metrics_address)
+        self._register_metrics()
         self.initialized = False
         self._lock_fd: int | None = None
         self.server = CRIServer(
@@ -73,6 +103,38 @@ class Daemon:
             runtime_impls=bind(self.runtime, RUNTIME_RPCS),
             image_impls=bind(self.runtime, IMAGE_RPCS),
             is_ready=lambda: self.initialized,
+        )
+
+    def _register_metrics(self) -> None:
+        rt, metrics = self.runtime, self.runtime.metrics
+        metrics.register(
+            "pycri_backoff_queue_depth",
+            "Events waiting in the per-ID backoff queues.",
+            lambda: self.dispatcher.stats().queued_events,
+        )
+        metrics.register(
+            "pycri_backoff_ids",
+            "Objects whose event handling is in backoff.",
+            lambda: self.dispatcher.stats().ids_in_backoff,
+        )
+        metrics.register(
+            "pycri_event_retries_total",
+            "Retries of event handling, all outcomes.",
+            lambda: sum(self.dispatcher.stats().retries.values()),
+            kind="counter",
+        )
+        metrics.register("pycri_exit_monitors", "Live exit monitors.", lambda: len(rt.monitors))
+        metrics.register(
+            "pycri_event_subscribers_dropped_total",
+            "GetContainerEvents subscribers dropped for falling behind.",
+            lambda: rt.container_events.dropped_subscribers,
+            kind="counter",
+        )
+        metrics.register(
+            "pycri_containerd_reconnects_total",
+            "Re-subscriptions to containerd's event stream.",
+            lambda: self.events.reconnects,
+            kind="counter",
         )
 
     async def start(self) -> None:
@@ -87,8 +149,16 @@ class Daemon:
         await self.client.ensure_namespace(timeout=10)
         await self.health.probe()
         self.health.start()
+        await self.images.refresh_all()
         self.dispatcher.start()
-        await self.server.start()
+        # Subscribe before recovery, so nothing emitted during recovery is lost.
+        self.events.start()
+        async with asyncio.timeout(10):
+            await self.events.subscribed.wait()
+        await self.server.start()  # answers "not initialized" until recovery is done
+        await recover(self.runtime)
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         self.initialized = True
         log.info(
             "pycri is ready",
@@ -104,6 +174,9 @@ class Daemon:
         self.initialized = False
         with contextlib.suppress(Exception):
             await self.server.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        await self.events.stop()
         await self.runtime.monitors.stop()
         await self.dispatcher.stop()
         for container in self.runtime.containers.all():

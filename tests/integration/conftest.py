@@ -8,6 +8,7 @@ own dirs and socket, so tests never touch a system containerd or each other's st
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.supervisor import ManagedContainerd
+from pycri.images.importer import import_tarball
+from pycri.images.oci_build import BuiltImage, build_busybox_image, build_pause_image
 
 REPO = Path(__file__).resolve().parents[2]
 PYCRI = Path(sys.executable).parent / "pycri"
@@ -227,3 +231,64 @@ async def eventually(predicate, *, timeout: float = 10.0, interval: float = 0.1)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+# --- test images (no registry): busybox and pause, built once per process ---------------
+
+BUSYBOX_REF = "docker.io/library/busybox:latest"
+PAUSE_REF = "registry.k8s.io/pause:3.9"  # the daemon's default sandbox image
+
+
+@dataclass(frozen=True)
+class BuiltTestImages:
+    """Tarballs of the test images (OCI layouts), and a docker-archive variant of busybox."""
+
+    dir: Path
+    busybox: BuiltImage
+    pause: BuiltImage
+    busybox_docker: BuiltImage
+
+
+_built_test_images: dict[str, BuiltTestImages] = {}
+_built_test_images_lock = threading.Lock()
+
+
+def _build_test_images() -> BuiltTestImages:
+    """Build the tarballs once per process (blocking); later calls return the same ones."""
+    with _built_test_images_lock:
+        if "images" not in _built_test_images:
+            base = _short_tmp("pycri-img-")
+            atexit.register(shutil.rmtree, base, True)
+            _built_test_images["images"] = BuiltTestImages(
+                dir=base,
+                busybox=build_busybox_image(base / "busybox.oci.tar", ref=BUSYBOX_REF),
+                pause=build_pause_image(base / "pause.oci.tar", ref=PAUSE_REF),
+                busybox_docker=build_busybox_image(
+                    base / "busybox.docker.tar", ref=BUSYBOX_REF, archive_format="docker"
+                ),
+            )
+        return _built_test_images["images"]
+
+
+@pytest.fixture(scope="session")
+async def test_images() -> BuiltTestImages:
+    """busybox + pause tarballs (refs ``BUSYBOX_REF``, ``PAUSE_REF``), built once per session."""
+    return await asyncio.to_thread(_build_test_images)
+
+
+async def import_test_images(containerd_socket: Path) -> BuiltTestImages:
+    """Load busybox (``BUSYBOX_REF``) and pause (``PAUSE_REF``) into a containerd (k8s.io).
+
+    For pod and container tests: ``await import_test_images(daemon.containerd_socket)``.
+    Idempotent and cheap after the first time (blobs and snapshots are found, not rewritten).
+    A daemon finds the images on its next lookup (a miss re-reads containerd).
+    """
+    images = await asyncio.to_thread(_build_test_images)
+    client = ContainerdClient(str(containerd_socket))
+    try:
+        await client.ensure_namespace()
+        for built in (images.busybox, images.pause):
+            await import_tarball(client, built.path)
+    finally:
+        await client.close()
+    return images

@@ -407,6 +407,15 @@ class _Content(_Service):
     async def abort(self, ref: str) -> None:
         await self._call("Abort", api.content.AbortRequest(ref=ref), empty_pb2.Empty)
 
+    async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[Any]:
+        """Ingests in progress (or abandoned): the Status of every open write ref."""
+        resp = await self._call(
+            "ListStatuses",
+            api.content.ListStatusesRequest(filters=list(filters)),
+            api.content.ListStatusesResponse,
+        )
+        return list(resp.statuses)
+
     async def list_digests(self) -> builtins.list[str]:
         digests: builtins.list[str] = []
         async for part in self._client.server_stream(
@@ -440,22 +449,26 @@ class _Content(_Service):
         Returns the committed digest.
         """
         call = self.write_stream(lease=lease)
-        W = api.content.WriteContentRequest
+        write_request = api.content.WriteContentRequest
 
         async def exchange(request: Message) -> Any:
             await call.write(request)
             return await call.read()
 
         try:
-            await exchange(W(action=api.content.STAT, ref=ref, total=total, expected=expected))
+            await exchange(
+                write_request(action=api.content.STAT, ref=ref, total=total, expected=expected)
+            )
             offset = 0
             async for chunk in chunks:
                 if not chunk:
                     continue
-                await exchange(W(action=api.content.WRITE, ref=ref, offset=offset, data=chunk))
+                await exchange(
+                    write_request(action=api.content.WRITE, ref=ref, offset=offset, data=chunk)
+                )
                 offset += len(chunk)
             committed = await exchange(
-                W(
+                write_request(
                     action=api.content.COMMIT,
                     ref=ref,
                     offset=offset,

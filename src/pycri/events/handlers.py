@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from pycri.containerd.errors import NotFoundError
@@ -42,6 +43,14 @@ FAULT_PERSIST_FAIL = "pycri.faults/persist-fail-times"
 
 class InjectedFault(RuntimeError):
     """A failure made on purpose by a pycri.faults/* label."""
+
+
+class StepFailed(Exception):
+    """One step of exit handling failed; ``step`` names it for metrics and logs."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(f"{step}: {cause!r}")
+        self.step = step
 
 
 class Faults:
@@ -120,9 +129,15 @@ async def handle_container_exit(rt: RuntimeContext, container: Container, event:
         if sandbox is not None:
             path = cgroups_path(sandbox.metadata.config, container.id)
             oom = await asyncio.to_thread(oom_kill_count, path) > 0
-    if rt.faults.should_fail(container.id, labels, FAULT_PERSIST_FAIL):
-        raise InjectedFault(f"injected status write failure for {container.id}")
-    status = await container.update(_record_exit(event, oom))
+    try:
+        if rt.faults.should_fail(container.id, labels, FAULT_PERSIST_FAIL):
+            raise InjectedFault(f"injected status write failure for {container.id}")
+        already_recorded = bool(container.status.finished_at)
+        status = await container.update(_record_exit(event, oom))
+    except Exception as err:
+        raise StepFailed("persist", err) from err
+    if not already_recorded:
+        rt.metrics.exit_latency.observe(max(time.time_ns() - event.exited_at, 0) / 1e9)
     log.info(
         "container exit recorded",
         extra={
@@ -131,8 +146,12 @@ async def handle_container_exit(rt: RuntimeContext, container: Container, event:
             "reason": status.reported_reason(),
         },
     )
-    rt.emit_container_event(container.id, "STOPPED")
-    await delete_task(rt, container.id, labels)
+    if not already_recorded:
+        rt.emit_container_event(container.id, "STOPPED")
+    try:
+        await delete_task(rt, container.id, labels)
+    except Exception as err:
+        raise StepFailed("delete_task", err) from err
     if container.io is not None:
         await container.io.close()
         container.io = None
@@ -153,7 +172,10 @@ async def handle_sandbox_exit(rt: RuntimeContext, event: TaskExit) -> None:
         )
         log.info("sandbox exited", extra={"sandbox_id": sandbox.id, "exit_code": event.exit_status})
         rt.emit_container_event(sandbox.id, "STOPPED")
-    await delete_task(rt, sandbox.id, sandbox.metadata.config.labels)
+    try:
+        await delete_task(rt, sandbox.id, sandbox.metadata.config.labels)
+    except Exception as err:
+        raise StepFailed("delete_task", err) from err
 
 
 async def handle_oom(rt: RuntimeContext, event: TaskOOM) -> None:

@@ -14,6 +14,8 @@ from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
 from pycri.events.container_events import ContainerEventBroadcaster
+from pycri.images.store import ImageStore
+from pycri.metrics import Metrics
 from pycri.net.netns import NetNS
 from pycri.oci.spec import HostFeatures, probe_host_features
 from pycri.store.container import ContainerStore
@@ -32,8 +34,10 @@ class RuntimeContext:
     config: Config
     containerd: ContainerdClient
     health: ContainerdHealth
+    images: ImageStore
     host_features: HostFeatures = field(default_factory=probe_host_features)
     sandboxes: SandboxStore = field(default_factory=SandboxStore)
+    metrics: Metrics = field(default_factory=Metrics)
     containers: ContainerStore = field(default_factory=ContainerStore)
     sandbox_names: NameIndex = field(default_factory=NameIndex)
     container_events: ContainerEventBroadcaster = field(default_factory=ContainerEventBroadcaster)

@@ -21,6 +21,10 @@ from pycri.service import (
     container_status,
     container_stop,
     container_update,
+    image_fs_info,
+    image_list,
+    image_remove,
+    image_status,
     sandbox_remove,
     sandbox_run,
     sandbox_status,
@@ -58,7 +62,12 @@ RUNTIME_RPCS: dict[str, Impl] = {
     "ListPodSandboxStats": stats.list_pod_sandbox_stats,
 }
 
-IMAGE_RPCS: dict[str, Impl] = {}
+IMAGE_RPCS: dict[str, Impl] = {
+    "ListImages": image_list.list_images,
+    "ImageStatus": image_status.image_status,
+    "RemoveImage": image_remove.remove_image,
+    "ImageFsInfo": image_fs_info.image_fs_info,
+}
 
 
 def bind(rt: RuntimeContext, table: dict[str, Impl]) -> dict[str, Callable[[Any], Any]]:
