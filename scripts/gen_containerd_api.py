@@ -50,7 +50,10 @@ def main() -> int:
     missing = [p for p in PACKAGES if not list(debs.glob(f"{p}_*.deb"))]
     if missing:
         subprocess.run(
-            ["apt-get", "-o", "APT::Sandbox::User=root", "download", *missing], cwd=debs, check=True, stdout=subprocess.DEVNULL
+            ["apt-get", "-o", "APT::Sandbox::User=root", "download", *missing],
+            cwd=debs,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     deb_files = sorted(debs.glob("*.deb"))
     digest = hashlib.sha256(b"v2" + b"".join(p.name.encode() for p in deb_files)).hexdigest()
@@ -66,19 +69,26 @@ def main() -> int:
     # The ttrpc events service duplicates the gRPC one under the same package name.
     protos = [p for p in protos if "/ttrpc/" not in p]
 
-    import grpc_tools  # noqa: PLC0415 - only in the venv
-    import google.rpc.status_pb2  # noqa: F401,PLC0415 - proves googleapis-common-protos is there
+    import google.rpc.status_pb2
+    import grpc_tools
 
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     gapi = Path(google.rpc.status_pb2.__file__).parents[2]
     out.mkdir(parents=True)
     args = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{src}", f"-I{gogo_root}", f"-I{wkt}", f"-I{gapi}",
-        f"--python_out={out}", f"--pyi_out={out}",
-        "gogoproto/gogo.proto", *protos,
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{src}",
+        f"-I{gogo_root}",
+        f"-I{wkt}",
+        f"-I{gapi}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        "gogoproto/gogo.proto",
+        *protos,
     ]
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = subprocess.run(args, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         return done.returncode

@@ -5,7 +5,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/setup.sh
-echo "== ruff" && .venv/bin/ruff check src tests bench scripts
+echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check --quiet .
 echo "== mypy" && .venv/bin/mypy
 echo "== pytest"
 set +e

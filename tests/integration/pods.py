@@ -56,6 +56,8 @@ def container_config(
         annotations={"note": "kept as is"},
         log_path=log_path or f"{name}.log",
     )
+    # kubelet's default: the container has its own PID namespace (no shareProcessNamespace)
+    config.linux.security_context.namespace_options.pid = api_pb2.CONTAINER
     if memory_limit:
         config.linux.resources.memory_limit_in_bytes = memory_limit
     return config

@@ -59,6 +59,7 @@ class Faults:
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
         self._used: dict[tuple[str, str], int] = {}
+        self._opened: dict[tuple[str, str], float] = {}
 
     def _value(self, labels: Any, key: str) -> float:
         if not self.enabled:
@@ -68,8 +69,17 @@ class Faults:
         except ValueError:
             return 0
 
-    def delay(self, labels: Any, key: str) -> float:
-        return self._value(labels, key)
+    def remaining_delay(self, object_id: str, labels: Any, key: str) -> float:
+        """Seconds left of a stuck window that opened at the first call for this object.
+
+        Models a teardown stuck for N s: every attempt within the window hangs until it
+        closes (or the handling timeout cuts it off and a retry comes back later).
+        """
+        total = self._value(labels, key)
+        if total <= 0:
+            return 0
+        opened = self._opened.setdefault((object_id, key), time.monotonic())
+        return max(0.0, opened + total - time.monotonic())
 
     def should_fail(self, object_id: str, labels: Any, key: str) -> bool:
         times = int(self._value(labels, key))
@@ -82,10 +92,12 @@ class Faults:
     def forget(self, object_id: str) -> None:
         for k in [k for k in self._used if k[0] == object_id]:
             del self._used[k]
+        for k in [k for k in self._opened if k[0] == object_id]:
+            del self._opened[k]
 
 
 async def delete_task(rt: RuntimeContext, object_id: str, labels: Any) -> None:
-    delay = rt.faults.delay(labels, FAULT_DELETE_DELAY)
+    delay = rt.faults.remaining_delay(object_id, labels, FAULT_DELETE_DELAY)
     if delay > 0:
         await asyncio.sleep(delay)
     if rt.faults.should_fail(object_id, labels, FAULT_DELETE_FAIL):

@@ -20,10 +20,16 @@ EVENT_TYPES = {
 }
 
 
-def build_event(rt: RuntimeContext, object_id: str, kind: str) -> api_pb2.ContainerEventResponse:
-    """Snapshot the pod of ``object_id`` (a container or a sandbox) into an event."""
-    container = rt.containers.find(object_id) if object_id not in rt.sandboxes else None
-    sandbox_id = container.metadata.sandbox_id if container is not None else object_id
+def build_event(
+    rt: RuntimeContext, object_id: str, kind: str, *, sandbox_id: str | None = None
+) -> api_pb2.ContainerEventResponse:
+    """Snapshot the pod of ``object_id`` (a container or a sandbox) into an event.
+
+    ``sandbox_id`` must be given for a container already gone from its store (DELETED).
+    """
+    if sandbox_id is None:
+        container = rt.containers.find(object_id) if object_id not in rt.sandboxes else None
+        sandbox_id = container.metadata.sandbox_id if container is not None else object_id
     event = api_pb2.ContainerEventResponse(
         container_id=object_id,
         container_event_type=EVENT_TYPES[kind],

@@ -45,7 +45,7 @@ async def remove_container(rt: RuntimeContext, container: Container) -> None:
     rt.container_names.release(container.metadata.name, container.id)
     rt.dispatcher.remove(container.id)
     rt.faults.forget(container.id)
-    rt.emit_container_event(container.id, "DELETED")
+    rt.emit_container_event(container.id, "DELETED", sandbox_id=container.metadata.sandbox_id)
     log.info("container removed", extra={"container_id": container.id})
 
 

@@ -52,13 +52,15 @@ class RuntimeContext:
 
         self.faults = Faults(enabled=self.config.enable_fault_injection)
 
-    def emit_container_event(self, object_id: str, kind: str) -> None:
+    def emit_container_event(
+        self, object_id: str, kind: str, *, sandbox_id: str | None = None
+    ) -> None:
         """Publish a lifecycle event to GetContainerEvents subscribers (never blocks)."""
         if not self.container_events.subscribers:
             return  # nobody listens: skip building the snapshot
         from pycri.service.container_events import build_event
 
-        self.container_events.publish(build_event(self, object_id, kind))
+        self.container_events.publish(build_event(self, object_id, kind, sandbox_id=sandbox_id))
 
     @property
     def netns(self) -> NetNS:
