@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check this node for what pycri needs")
     _add_common(check)
+    check.add_argument(
+        "--orphans", action="store_true", help="list leftovers that belong to no pod/container"
+    )
+
+    gc = sub.add_parser("gc", help="remove leftovers that belong to no pod or container")
+    _add_common(gc)
 
     images = sub.add_parser("images", help="image helpers")
     images_sub = images.add_subparsers(dest="images_command", required=True)
@@ -92,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pycri import log
 
     log.setup(fmt=config.log_format, level=config.log_level)
+    if args.command == "gc" or (args.command == "check" and args.orphans):
+        from pycri import gc
+
+        return asyncio.run(gc.run(config, remove=args.command == "gc"))
     if args.command == "check":
         from pycri.check import report, run_checks
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -103,6 +104,18 @@ async def _load_status(rt: RuntimeContext, metadata: ContainerMetadata) -> Conta
         return None
 
 
+def process_start_ns(pid: int) -> int:
+    """When a process started (ns since the epoch), from /proc; 0 when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    return time.time_ns() - int(age * 1e9)
+
+
 def _unknown_exit(status: ContainerStatus) -> ContainerStatus:
     return status.replace(
         pid=0,
@@ -149,7 +162,9 @@ async def _load_container(rt: RuntimeContext, record: Any) -> tuple[Container, A
             if state == api_pb2.CONTAINER_EXITED:
                 status = status.replace(unknown=True)
             elif state != api_pb2.CONTAINER_RUNNING:
-                status = status.replace(started_at=time.time_ns(), pid=int(process.pid))
+                pid = int(process.pid)
+                started = await asyncio.to_thread(process_start_ns, pid)
+                status = status.replace(started_at=started or time.time_ns(), pid=pid)
         elif process.status == Status.STOPPED:
             if not status.started_at:
                 status = status.replace(started_at=status.created_at)
