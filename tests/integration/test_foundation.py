@@ -149,3 +149,26 @@ def test_check_reports_tools() -> None:
     assert "runc:" in out.stdout
     assert "CNI plugin bridge" in out.stdout
     assert out.returncode in (0, 1)
+
+
+def test_readme_run_command_serves_version_and_status(make_daemon: type[Daemon]) -> None:
+    """The README's run command (set-up included) brings up a daemon that answers."""
+    from tests.integration.conftest import REPO
+
+    d = make_daemon()
+    log = d.log_path.open("ab")
+    d.proc = subprocess.Popen(
+        [str(REPO / "scripts" / "run.sh"), *d.args()[2:]], stdout=log, stderr=log, cwd=REPO
+    )
+    log.close()
+    d.wait_ready(timeout=120)
+    import grpc as sync_grpc
+    from cri_api.v1 import api_pb2_grpc
+
+    with sync_grpc.insecure_channel(f"unix://{d.socket}") as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        assert stub.Version(api_pb2.VersionRequest(), timeout=5).runtime_name == "pycri"
+        status = stub.Status(api_pb2.StatusRequest(), timeout=5)
+        ready = {c.type: c.status for c in status.status.conditions}
+        assert ready["RuntimeReady"] is True
+    assert d.stop() == 0

@@ -495,3 +495,37 @@ async def test_twenty_pods_two_containers_concurrently(
     tasks = await ctd.tasks.list()
     assert not [t for t in tasks if t.id in {p for p, _ in pods}]
     assert set(Path("/proc/self/mountinfo").read_text().count("netns") for _ in [0]) == netns_before
+
+
+async def test_container_config_reaches_the_process(
+    cri: CRI, pod: tuple[str, api_pb2.PodSandboxConfig], tmp_path: Path
+) -> None:
+    pod_id, pod_cfg = pod
+    host_dir = tmp_path / "data"
+    host_dir.mkdir()
+    (host_dir / "hello.txt").write_text("from the host\n")
+    config = container_config("configured", "sleep 3600")
+    config.envs.add(key="GREETING", value="hi there")
+    config.working_dir = "/tmp"
+    config.mounts.add(container_path="/data", host_path=str(host_dir), readonly=True)
+    sc = config.linux.security_context
+    sc.run_as_user.value = 1000
+    sc.readonly_rootfs = True
+    sc.capabilities.drop_capabilities.append("ALL")
+    cid = await start(cri, pod_id, pod_cfg, config)
+
+    async def run(*cmd: str) -> api_pb2.ExecSyncResponse:
+        return await cri.runtime.ExecSync(
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=10)
+        )
+
+    assert (await run("sh", "-c", "echo $GREETING")).stdout == b"hi there\n"
+    assert (await run("pwd")).stdout == b"/tmp\n"
+    assert (await run("id", "-u")).stdout == b"1000\n"
+    assert (await run("id", "-g")).stdout == b"1000\n"  # from the image's /etc/passwd (user app)
+    assert (await run("cat", "/data/hello.txt")).stdout == b"from the host\n"
+    assert (await run("touch", "/data/x")).exit_code != 0  # read-only mount
+    assert (await run("touch", "/root-file")).exit_code != 0  # read-only rootfs
+    assert (await run("hostname")).stdout.decode().strip() == pod_cfg.hostname
+    caps = (await run("grep", "CapEff", "/proc/self/status")).stdout
+    assert caps.split()[-1] == b"0000000000000000"
