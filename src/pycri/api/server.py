@@ -178,27 +178,25 @@ def build_handler(
         resp_cls = getattr(api_pb2, method.output_type.name)
         impl = impls.get(method.name)
         if method.server_streaming:
-            fn = (
+            stream_fn = (
                 guard.stream(method.name, impl)  # type: ignore[arg-type]
                 if impl
                 else _unimplemented_stream(service, method.name)
             )
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                fn,
-                request_deserializer=req_cls.FromString,
-                response_serializer=resp_cls.SerializeToString,
-            )
+            make_handler: Any = grpc.unary_stream_rpc_method_handler
+            fn: Any = stream_fn
         else:
-            ufn = (
+            fn = (
                 guard.unary(method.name, impl)  # type: ignore[arg-type]
                 if impl
                 else _unimplemented(service, method.name)
             )
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                ufn,
-                request_deserializer=req_cls.FromString,
-                response_serializer=resp_cls.SerializeToString,
-            )
+            make_handler = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make_handler(
+            fn,
+            request_deserializer=req_cls.FromString,
+            response_serializer=resp_cls.SerializeToString,
+        )
     return grpc.method_handlers_generic_handler(service, handlers)
 
 
