@@ -6,7 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-APT_PACKAGES=(containerd runc busybox-static containernetworking-plugins docker-registry iproute2)
+APT_PACKAGES=(containerd runc busybox-static containernetworking-plugins docker-registry iproute2 iptables)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

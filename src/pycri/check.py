@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pycri.config import Config
+from pycri.net import cni
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
@@ -64,15 +66,59 @@ def run_checks(config: Config) -> list[Finding]:
                 "apt-get install containernetworking-plugins",
             )
         )
+    found += cni_checks(config)
+    return found
+
+
+def cni_checks(config: Config) -> list[Finding]:
+    """The CNI network config: present, parses, its plugins found and speaking its version.
+
+    The same checks the daemon's config watcher makes (``PluginRunner.validate`` runs each
+    plugin's VERSION command), so "ok" here means NetworkReady=true there.
+    """
     conf_dir = Path(config.cni_conf_dir)
-    confs = sorted(conf_dir.glob("*.conf*")) if conf_dir.is_dir() else []
-    found.append(
+    files = cni.config_files(conf_dir)
+    if not files:
+        return [
+            Finding(
+                False,
+                f"CNI config in {conf_dir}: none (pods get loopback only)",
+                "install a CNI config (e.g. examples/cni/10-pycri.conflist) or run "
+                "host-network pods only",
+            )
+        ]
+    try:
+        network = cni.load_file(files[0])
+    except cni.CNIConfigError as err:
+        return [Finding(False, f"CNI config {files[0]}: {err}", "fix or remove the file")]
+    found = [
         Finding(
-            bool(confs),
-            f"CNI config in {conf_dir}: {confs[0].name if confs else 'none'}",
-            "install a CNI config (see examples/cni) or run host-network pods only",
+            True,
+            f"CNI config {files[0]}: network {network.name!r}, cniVersion "
+            f"{network.cni_version}, plugins {', '.join(network.plugin_types)}",
         )
-    )
+    ]
+    runner = cni.PluginRunner(bin_dirs=config.cni_bin_dirs, timeout=10)
+    try:
+        asyncio.run(runner.validate(network))
+        found.append(Finding(True, "CNI plugins of the config present and compatible"))
+    except cni.CNIConfigError as err:
+        found.append(
+            Finding(
+                False,
+                str(err),
+                "apt-get install containernetworking-plugins or pass --cni-bin-dir",
+            )
+        )
+    if "portmap" in network.plugin_types:
+        path = shutil.which("iptables")
+        found.append(
+            Finding(
+                bool(path),
+                f"iptables (for portmap): {path or 'missing'}",
+                "apt-get install iptables",
+            )
+        )
     return found
 
 

@@ -22,6 +22,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
+def _add_cni(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cni-conf-dir", help="CNI network config dir (/etc/cni/net.d)")
+    p.add_argument(
+        "--cni-bin-dir",
+        dest="cni_bin_dirs",
+        action="append",
+        help="CNI plugin dir, repeatable, searched in order (/opt/cni/bin, /usr/lib/cni)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pycri", description="CRI v1 runtime over containerd")
     top.add_argument("--version", action="version", version=f"pycri {__version__}")
@@ -32,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help="CRI socket (/run/pycri/pycri.sock)")
     serve.add_argument("--sandbox-image", help="pause image reference")
     serve.add_argument("--metrics-address", help="host:port for Prometheus metrics")
-    serve.add_argument("--cni-conf-dir", help="CNI network config dir (/etc/cni/net.d)")
+    _add_cni(serve)
     serve.add_argument(
         "--enable-fault-injection",
         action="store_true",
@@ -46,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check this node for what pycri needs")
     _add_common(check)
+    _add_cni(check)
     check.add_argument(
         "--orphans", action="store_true", help="list leftovers that belong to no pod/container"
     )
@@ -73,6 +84,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "sandbox_image",
         "metrics_address",
         "cni_conf_dir",
+        "cni_bin_dirs",
         "enable_fault_injection",
     )
     return {k: getattr(args, k, None) for k in keys}

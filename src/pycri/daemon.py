@@ -126,6 +126,17 @@ class Daemon:
         )
         metrics.register("pycri_exit_monitors", "Live exit monitors.", lambda: len(rt.monitors))
         metrics.register(
+            "pycri_network_ready",
+            "1 when a valid CNI network config is loaded.",
+            lambda: float(rt.network.status()[0]),
+        )
+        metrics.register(
+            "pycri_cni_del_failures_total",
+            "Failed CNI DEL attempts (each is retried).",
+            lambda: rt.network.teardown_failures,
+            kind="counter",
+        )
+        metrics.register(
             "pycri_event_subscribers_dropped_total",
             "GetContainerEvents subscribers dropped for falling behind.",
             lambda: rt.container_events.dropped_subscribers,
@@ -157,6 +168,7 @@ class Daemon:
         async with asyncio.timeout(10):
             await self.events.subscribed.wait()
         await self.server.start()  # answers "not initialized" until recovery is done
+        await self.runtime.network.start()  # CNI config loaded before the first Status
         await recover(self.runtime)
         if self.metrics_server is not None:
             await self.metrics_server.start()
@@ -178,6 +190,8 @@ class Daemon:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.events.stop()
+        await self.runtime.pulls.close()
+        await self.runtime.network.stop()
         await self.runtime.monitors.stop()
         await self.dispatcher.stop()
         for container in self.runtime.containers.all():

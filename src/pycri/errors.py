@@ -48,3 +48,17 @@ class Internal(CRIError):
 
 class Unimplemented(CRIError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Unauthenticated(CRIError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CRIError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DataLoss(CRIError):
+    """Content is corrupted: bytes that do not match the digest naming them."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -30,7 +32,13 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.supervisor import ManagedContainerd
 from pycri.images.importer import import_tarball
-from pycri.images.oci_build import BuiltImage, build_busybox_image, build_pause_image
+from pycri.images.oci_build import (
+    BuiltImage,
+    LayerEntry,
+    build_busybox_image,
+    build_image,
+    build_pause_image,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PYCRI = Path(sys.executable).parent / "pycri"
@@ -292,3 +300,33 @@ async def import_test_images(containerd_socket: Path) -> BuiltTestImages:
     finally:
         await client.close()
     return images
+
+
+async def build_small_image(
+    directory: Path,
+    *,
+    ref: str,
+    user: str = "",
+    archive_format: Any = "oci",
+    extra: bytes = b"",
+    **build_args: Any,
+) -> BuiltImage:
+    """A one-file image with unique content (so no blob of it is in containerd yet).
+
+    ``build_args`` go to ``oci_build.build_image`` (``arch``, ``media_types``, ``compress``).
+    """
+    token = secrets.token_hex(8)
+    entries = [
+        LayerEntry(path="etc", kind="dir", mode=0o755),
+        LayerEntry(path="etc/marker", kind="file", data=f"{token}\n".encode() + extra),
+    ]
+    fields: dict[str, Any] = {"cmd": ["/bin/true"], "user": user, "labels": {"token": token}}
+    return await asyncio.to_thread(
+        build_image,
+        directory / f"{token}.tar",
+        ref=ref,
+        entries=entries,
+        config_fields=fields,
+        archive_format=archive_format,
+        **build_args,
+    )

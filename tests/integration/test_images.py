@@ -10,7 +10,6 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +24,7 @@ from pycri.images.importer import (
     ImageImportError,
     import_tarball,
 )
-from pycri.images.oci_build import BuiltImage, LayerEntry, build_image, busybox_entries
+from pycri.images.oci_build import BuiltImage, build_image, busybox_entries
 from pycri.images.store import ImageStore
 from tests.integration.conftest import (
     BUSYBOX_REF,
@@ -34,35 +33,11 @@ from tests.integration.conftest import (
     PYCRI,
     BuiltTestImages,
     Daemon,
+    build_small_image,
     import_test_images,
 )
 
 SNAPSHOTTER = "overlayfs"
-
-
-async def _build_small_image(
-    directory: Path,
-    *,
-    ref: str,
-    user: str = "",
-    archive_format: Any = "oci",
-    extra: bytes = b"",
-) -> BuiltImage:
-    """A one-file image with unique content (so no blob of it is in containerd yet)."""
-    token = secrets.token_hex(8)
-    entries = [
-        LayerEntry(path="etc", kind="dir", mode=0o755),
-        LayerEntry(path="etc/marker", kind="file", data=f"{token}\n".encode() + extra),
-    ]
-    fields: dict[str, Any] = {"cmd": ["/bin/true"], "user": user, "labels": {"token": token}}
-    return await asyncio.to_thread(
-        build_image,
-        directory / f"{token}.tar",
-        ref=ref,
-        entries=entries,
-        config_fields=fields,
-        archive_format=archive_format,
-    )
 
 
 async def _assert_imported(
@@ -146,7 +121,7 @@ async def test_import_is_idempotent(
 async def test_concurrent_imports_of_one_image(
     containerd: ContainerdClient, tmp_path: Path
 ) -> None:
-    built = await _build_small_image(tmp_path, ref="docker.io/pycri-test/concurrent:1")
+    built = await build_small_image(tmp_path, ref="docker.io/pycri-test/concurrent:1")
     results = await asyncio.gather(*(import_tarball(containerd, built.path) for _ in range(3)))
     assert {r[0].image_id for r in results} == {built.image_id}
     await _assert_imported(containerd, built, names=["docker.io/pycri-test/concurrent:1"])
@@ -188,7 +163,7 @@ async def test_docker_archive_shares_image_id_and_snapshot(
 
 
 async def test_extra_names(containerd: ContainerdClient, tmp_path: Path) -> None:
-    built = await _build_small_image(tmp_path, ref="docker.io/pycri-test/named:1")
+    built = await build_small_image(tmp_path, ref="docker.io/pycri-test/named:1")
     [imported] = await import_tarball(
         containerd, built.path, extra_names=["pycri-test/other", "localhost:5000/x:v2"]
     )
@@ -216,7 +191,7 @@ def _rewrite_tar(source: Path, target: Path, edit: dict[str, bytes]) -> None:
 
 async def test_corrupted_layer_fails_cleanly(containerd: ContainerdClient, tmp_path: Path) -> None:
     ref = "docker.io/pycri-test/corrupt:1"
-    built = await _build_small_image(tmp_path, ref=ref, extra=b"x" * 100_000)
+    built = await build_small_image(tmp_path, ref=ref, extra=b"x" * 100_000)
     layer = built.layers[0]
     member = f"blobs/sha256/{spec.digest_hex(layer.digest)}"
     with tarfile.open(built.path) as tar:
@@ -251,7 +226,7 @@ async def test_corrupted_layer_fails_cleanly(containerd: ContainerdClient, tmp_p
 async def test_corrupted_manifest_is_refused_before_containerd(
     containerd: ContainerdClient, tmp_path: Path
 ) -> None:
-    built = await _build_small_image(tmp_path, ref="docker.io/pycri-test/badmanifest:1")
+    built = await build_small_image(tmp_path, ref="docker.io/pycri-test/badmanifest:1")
     member = f"blobs/sha256/{spec.digest_hex(built.manifest_digest)}"
     bad = tmp_path / "bad.tar"
     await asyncio.to_thread(_rewrite_tar, built.path, bad, {member: b'{"schemaVersion": 2}'})
@@ -288,7 +263,7 @@ async def test_cli_import(
     containerd: ContainerdClient, test_images: BuiltTestImages, tmp_path: Path
 ) -> None:
     socket = Path(containerd.address)
-    built = await _build_small_image(tmp_path, ref="docker.io/pycri-test/cli:1")
+    built = await build_small_image(tmp_path, ref="docker.io/pycri-test/cli:1")
     result = await asyncio.to_thread(_cli_import, socket, built.path, "pycri-test/cli:alias")
     assert result.returncode == 0, result.stderr
     assert "imported docker.io/pycri-test/cli:1, docker.io/pycri-test/cli:alias" in result.stdout
@@ -318,7 +293,7 @@ async def test_image_status_finds_an_image_imported_behind_its_back(
     daemon: Daemon, cri: CRI, tmp_path: Path
 ) -> None:
     ref = "docker.io/pycri-test/status:1"
-    built = await _build_small_image(tmp_path, ref=ref, user="1000:1000")
+    built = await build_small_image(tmp_path, ref=ref, user="1000:1000")
     assert not (await _status(cri, ref)).HasField("image")
     async with _client(daemon) as client:
         await import_tarball(client, built.path)
@@ -347,7 +322,7 @@ async def test_image_status_finds_an_image_imported_behind_its_back(
 
 
 async def test_image_status_username_and_unknowns(daemon: Daemon, cri: CRI, tmp_path: Path) -> None:
-    built = await _build_small_image(tmp_path, ref="docker.io/pycri-test/named-user:1", user="app")
+    built = await build_small_image(tmp_path, ref="docker.io/pycri-test/named-user:1", user="app")
     async with _client(daemon) as client:
         await import_tarball(client, built.path)
     image = (await _status(cri, "pycri-test/named-user:1")).image
@@ -387,7 +362,7 @@ async def test_list_images_and_pinned_sandbox_image(daemon: Daemon, cri: CRI) ->
 
 async def test_remove_image_removes_every_record(daemon: Daemon, cri: CRI, tmp_path: Path) -> None:
     ref = "docker.io/pycri-test/remove:1"
-    built = await _build_small_image(tmp_path, ref=ref)
+    built = await build_small_image(tmp_path, ref=ref)
     async with _client(daemon) as client:
         await import_tarball(client, built.path, extra_names=["pycri-test/remove:2"])
         assert (await _status(cri, ref)).image.id == built.image_id
@@ -465,7 +440,7 @@ async def test_multi_platform_index_and_compressed_tarball(
 ) -> None:
     """An index.json entry that is an image index: this platform's manifest is imported."""
     ref = "docker.io/pycri-test/multi:1"
-    built = await _build_small_image(tmp_path, ref=ref)
+    built = await build_small_image(tmp_path, ref=ref)
     with tarfile.open(built.path) as tar:
         members = {
             i.name: f.read() for i in tar.getmembers() if (f := tar.extractfile(i)) is not None
@@ -536,7 +511,7 @@ async def test_multi_platform_index_and_compressed_tarball(
 
 async def test_store_follows_containerd(containerd: ContainerdClient, tmp_path: Path) -> None:
     ref = "docker.io/pycri-test/store:1"
-    built = await _build_small_image(tmp_path, ref=ref, user="app:app")
+    built = await build_small_image(tmp_path, ref=ref, user="app:app")
     await import_tarball(containerd, built.path, extra_names=["pycri-test/store:2"])
     store = ImageStore(containerd, pinned_refs=["pycri-test/store:2"])
     await store.refresh_all()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -24,12 +24,14 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from pycri.containerd import api
-from pycri.containerd.errors import from_rpc_error
+from pycri.containerd.errors import FailedPreconditionError, from_rpc_error
 
 K8S_NAMESPACE = "k8s.io"
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 Metadata = tuple[tuple[str, str], ...]
+# Content writes sent ahead of containerd's answers (it answers each one).
+WRITE_WINDOW = 4
 
 
 class ContainerdClient:
@@ -435,18 +437,26 @@ class _Content(_Service):
         ref: str,
         expected: str,
         total: int,
-        chunks: AsyncIterator[bytes],
+        chunks: Callable[[int], AsyncGenerator[bytes, None]],
         labels: dict[str, str] | None = None,
         lease: str | None = None,
     ) -> str:
-        """Stream ``chunks`` into the ingest ``ref`` and commit it as ``expected``.
+        """Stream content into the ingest ``ref`` and commit it as ``expected``.
 
-        One request at a time, each answered before the next is sent (containerd answers
-        every message), so memory stays bounded by one chunk. containerd checks the size and
+        Resumable: containerd keeps the bytes of an ingest until it is committed or aborted,
+        and answers the first message (STAT) with how many it holds. ``chunks(offset)`` is
+        asked for the content from that offset on, so a write that broke midway (the source
+        failed, pycri died) goes on where it stopped when it is retried under the same
+        ``ref``. Another writer on the same ref makes containerd answer UNAVAILABLE ("ref ...
+        locked").
+
+        containerd answers every message; up to ``WRITE_WINDOW`` writes go out before their
+        answers are read (a round trip per chunk would stall the stream), so memory stays
+        bounded by a few chunks. containerd checks the size and
         digest at commit: a mismatch fails the commit (FailedPreconditionError) and nothing is
         stored. ``AlreadyExistsError`` when the content is already present. The ingest of a
-        failed write is left for the caller to ``abort`` (or its lease to collect).
-        Returns the committed digest.
+        failed write is left for the caller to ``abort`` (or its lease to collect), or to
+        resume. Returns the committed digest.
         """
         call = self.write_stream(lease=lease)
         write_request = api.content.WriteContentRequest
@@ -456,17 +466,43 @@ class _Content(_Service):
             return await call.read()
 
         try:
-            await exchange(
+            status = await exchange(
                 write_request(action=api.content.STAT, ref=ref, total=total, expected=expected)
             )
-            offset = 0
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                await exchange(
-                    write_request(action=api.content.WRITE, ref=ref, offset=offset, data=chunk)
+            offset = int(status.offset)
+            if offset > total:
+                raise FailedPreconditionError(
+                    f"containerd Write: ingest {ref} holds {offset} bytes, more than {total}"
                 )
-                offset += len(chunk)
+            if offset < total:
+                unanswered = 0
+                async with contextlib.aclosing(chunks(offset)) as stream:
+                    while True:
+                        try:
+                            chunk = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        except Exception:
+                            # The source broke: let containerd keep what it was sent, so a
+                            # retry under this ref resumes after it.
+                            with contextlib.suppress(grpc.aio.AioRpcError):
+                                for _ in range(unanswered):
+                                    await call.read()
+                            raise
+                        if not chunk:
+                            continue
+                        await call.write(
+                            write_request(
+                                action=api.content.WRITE, ref=ref, offset=offset, data=chunk
+                            )
+                        )
+                        offset += len(chunk)
+                        unanswered += 1
+                        if unanswered >= WRITE_WINDOW:
+                            await call.read()
+                            unanswered -= 1
+                for _ in range(unanswered):
+                    await call.read()
             committed = await exchange(
                 write_request(
                     action=api.content.COMMIT,

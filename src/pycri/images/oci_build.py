@@ -54,6 +54,7 @@ from pycri.images import reference, spec
 log = logging.getLogger(__name__)
 
 ArchiveFormat = Literal["oci", "docker"]
+MediaTypes = Literal["oci", "docker"]
 
 BUSYBOX_BINARY = Path("/usr/bin/busybox")
 # 2000-01-01T00:00:00Z: any fixed time works; 0 makes some tools warn about "implausible" dates.
@@ -279,6 +280,45 @@ def _write_archive(path: Path, members: Sequence[_ArchiveMember]) -> None:
         raise
 
 
+def _layout_index(
+    desc: Mapping[str, Any],
+    name: reference.Reference,
+    *,
+    platform: Mapping[str, str] | None = None,
+) -> bytes:
+    """An OCI layout's ``index.json``: one entry, ``desc``, named ``name`` (full and tag)."""
+    entry: dict[str, Any] = {
+        **desc,
+        "annotations": {
+            spec.ANNOTATION_CONTAINERD_NAME: str(name),
+            spec.ANNOTATION_REF_NAME: name.tag,
+        },
+    }
+    if platform is not None:
+        entry["platform"] = dict(platform)
+    return spec.canonical_json(
+        {"schemaVersion": 2, "mediaType": spec.OCI_INDEX, "manifests": [entry]}
+    )
+
+
+def _layout_members(index: bytes, blobs: Iterable[bytes]) -> list[_ArchiveMember]:
+    """The members of an OCI layout: ``oci-layout``, ``index.json`` and the blobs."""
+    by_digest = {spec.sha256_digest(b): b for b in blobs}
+    return [
+        _ArchiveMember(
+            name="oci-layout",
+            data=spec.canonical_json({"imageLayoutVersion": spec.OCI_LAYOUT_VERSION}),
+        ),
+        _ArchiveMember(name="index.json", data=index),
+        _ArchiveMember(name="blobs", is_dir=True),
+        _ArchiveMember(name="blobs/sha256", is_dir=True),
+        *(
+            _ArchiveMember(name=f"blobs/sha256/{spec.digest_hex(d)}", data=b)
+            for d, b in sorted(by_digest.items())
+        ),
+    ]
+
+
 def build_image(
     path: Path,
     *,
@@ -287,10 +327,14 @@ def build_image(
     config_fields: Mapping[str, Any],
     archive_format: ArchiveFormat = "oci",
     arch: str | None = None,
+    media_types: MediaTypes = "oci",
+    compress: bool = True,
 ) -> BuiltImage:
     """Write a one-layer image of ``entries`` to ``path`` as an OCI layout or docker archive.
 
     ``config_fields`` are keyword arguments of ``image_config`` (cmd, entrypoint, env, ...).
+    An OCI layout can hold a Docker schema 2 image instead (``media_types="docker"``, what
+    a registry serves for images pushed by docker), its layer gzip'd or not (``compress``).
     Blocking: run it in a thread from async code.
     """
     parsed = reference.parse_normalized(ref)
@@ -302,53 +346,42 @@ def build_image(
     config_bytes = spec.canonical_json(config)
     config_digest = spec.sha256_digest(config_bytes)
     if archive_format == "oci":
-        blob = gzip.compress(tar, compresslevel=6, mtime=0)
+        docker = media_types == "docker"
+        blob = gzip.compress(tar, compresslevel=6, mtime=0) if compress else tar
+        layer_types = {
+            (False, True): spec.OCI_LAYER_GZIP,
+            (False, False): spec.OCI_LAYER,
+            (True, True): spec.DOCKER_LAYER_GZIP,
+            (True, False): spec.DOCKER_LAYER,
+        }
         layer = BuiltLayer(
             digest=spec.sha256_digest(blob),
             diff_id=diff_id,
             size=len(blob),
-            media_type=spec.OCI_LAYER_GZIP,
+            media_type=layer_types[docker, compress],
         )
-        manifest = spec.canonical_json(
-            {
-                "schemaVersion": 2,
-                "mediaType": spec.OCI_MANIFEST,
-                "config": spec.descriptor(spec.OCI_CONFIG, config_bytes),
-                "layers": [
-                    {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
-                ],
-            }
+        layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+        if docker:
+            manifest_type = spec.DOCKER_MANIFEST
+            manifest = spec.docker_manifest(
+                spec.descriptor(spec.DOCKER_CONFIG, config_bytes), [layer_desc]
+            )
+        else:
+            manifest_type = spec.OCI_MANIFEST
+            manifest = spec.canonical_json(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": spec.OCI_MANIFEST,
+                    "config": spec.descriptor(spec.OCI_CONFIG, config_bytes),
+                    "layers": [layer_desc],
+                }
+            )
+        index = _layout_index(
+            spec.descriptor(manifest_type, manifest),
+            parsed,
+            platform={"architecture": config["architecture"], "os": "linux"},
         )
-        index = spec.canonical_json(
-            {
-                "schemaVersion": 2,
-                "mediaType": spec.OCI_INDEX,
-                "manifests": [
-                    {
-                        **spec.descriptor(spec.OCI_MANIFEST, manifest),
-                        "annotations": {
-                            spec.ANNOTATION_CONTAINERD_NAME: str(parsed),
-                            spec.ANNOTATION_REF_NAME: parsed.tag,
-                        },
-                        "platform": {"architecture": config["architecture"], "os": "linux"},
-                    }
-                ],
-            }
-        )
-        blobs = {spec.sha256_digest(b): b for b in (manifest, config_bytes, blob)}
-        members = [
-            _ArchiveMember(
-                name="oci-layout",
-                data=spec.canonical_json({"imageLayoutVersion": spec.OCI_LAYOUT_VERSION}),
-            ),
-            _ArchiveMember(name="index.json", data=index),
-            _ArchiveMember(name="blobs", is_dir=True),
-            _ArchiveMember(name="blobs/sha256", is_dir=True),
-            *(
-                _ArchiveMember(name=f"blobs/sha256/{spec.digest_hex(d)}", data=b)
-                for d, b in sorted(blobs.items())
-            ),
-        ]
+        members = _layout_members(index, [manifest, config_bytes, blob])
     else:
         layer = BuiltLayer(
             digest=diff_id, diff_id=diff_id, size=len(tar), media_type=spec.DOCKER_LAYER
@@ -429,4 +462,59 @@ def build_pause_image(
         entries=pause_entries(busybox),
         config_fields={"entrypoint": ["/pause"], "created_by": "pycri oci_build: pause"},
         archive_format=archive_format,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltIndex:
+    """A multi-platform image: an image index over built images, in an OCI layout."""
+
+    ref: str  # normalised
+    path: Path
+    index_digest: str
+    index_size: int
+    images: tuple[BuiltImage, ...]  # in index order
+
+
+def build_index(path: Path, *, ref: str, images: Sequence[BuiltImage]) -> BuiltIndex:
+    """Write an OCI layout whose image is an index over ``images`` (OCI layouts built here).
+
+    Each entry carries its image's platform (linux and the config's architecture); every
+    image's blobs are copied in. Blocking: run it in a thread from async code.
+    """
+    parsed = reference.parse_normalized(ref)
+    if not parsed.tag:
+        raise ValueError(f"image reference {ref!r} needs a tag to name a built image")
+    blobs: list[bytes] = []
+    entries: list[dict[str, Any]] = []
+    for image in images:
+        if image.format != "oci":
+            raise ValueError(f"{image.path} is not an OCI layout")
+        with tarfile.open(image.path) as tar:
+            members = {
+                info.name: f.read()
+                for info in tar.getmembers()
+                if info.isfile() and (f := tar.extractfile(info)) is not None
+            }
+        [entry] = json.loads(members["index.json"])["manifests"]
+        blobs += [data for name, data in members.items() if name.startswith("blobs/")]
+        entries.append(
+            {
+                "mediaType": entry["mediaType"],
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "platform": {"architecture": image.config["architecture"], "os": "linux"},
+            }
+        )
+    nested = spec.canonical_json(
+        {"schemaVersion": 2, "mediaType": spec.OCI_INDEX, "manifests": entries}
+    )
+    index = _layout_index(spec.descriptor(spec.OCI_INDEX, nested), parsed)
+    _write_archive(path, _layout_members(index, [nested, *blobs]))
+    return BuiltIndex(
+        ref=str(parsed),
+        path=path,
+        index_digest=spec.sha256_digest(nested),
+        index_size=len(nested),
+        images=tuple(images),
     )

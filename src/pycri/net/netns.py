@@ -9,6 +9,10 @@ Creating one needs ``unshare(CLONE_NEWNET)``, which changes the namespace of the
 would be left in the new namespace), which also brings ``lo`` up inside it (runc does not
 for a namespace it joins) and then ends. Removal unmounts (lazily: a process may still hold
 it) and unlinks the pin; the namespace dies with its last user.
+
+A pin lost while its pod still runs (an admin's umount, a bug) can be re-made from the pause
+process's ``/proc/<pid>/ns/net`` (``NetNS.pin``): recovery does that, so DEL still runs in
+the pod's namespace and the veth is removed with it.
 """
 
 from __future__ import annotations
@@ -73,6 +77,17 @@ def _create_in_thread(path: Path) -> None:
         raise failure[0]
 
 
+def _pin_sync(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    source = f"/proc/{pid}/ns/net".encode()
+    _check(
+        _libc.mount(source, str(path).encode(), None, MS_BIND, None),
+        f"bind-mount netns of pid {pid} onto {path}",
+    )
+
+
 def _remove_sync(path: Path) -> None:
     result = _libc.umount2(str(path).encode(), MNT_DETACH)
     if result != 0:
@@ -109,6 +124,10 @@ class NetNS:
         path = self.path_for(sandbox_id)
         await asyncio.to_thread(_create_in_thread, path)
         return path
+
+    async def pin(self, path: Path, *, pid: int) -> None:
+        """Pin the network namespace of process ``pid`` at ``path`` (which is not pinned)."""
+        await asyncio.to_thread(_pin_sync, path, pid)
 
     async def remove(self, path: Path) -> None:
         """Idempotent: a missing or already unmounted pin is fine."""

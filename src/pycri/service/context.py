@@ -14,8 +14,10 @@ from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
 from pycri.events.container_events import ContainerEventBroadcaster
+from pycri.images.pull import ImagePuller
 from pycri.images.store import ImageStore
 from pycri.metrics import Metrics
+from pycri.net.manager import PodNetwork
 from pycri.net.netns import NetNS
 from pycri.oci.spec import HostFeatures, probe_host_features
 from pycri.store.container import ContainerStore
@@ -46,11 +48,25 @@ class RuntimeContext:
     monitors: ExitMonitors = field(init=False)
     dispatcher: EventDispatcher[Event] = field(init=False)
     faults: Faults = field(init=False)
+    # registry pulls: HTTP clients, pulls and downloads in flight; the daemon closes it
+    pulls: ImagePuller = field(init=False)
+    # pod networking (CNI); the daemon starts and stops its config watcher
+    network: PodNetwork = field(init=False)
 
     def __post_init__(self) -> None:
         from pycri.events.handlers import Faults
 
         self.faults = Faults(enabled=self.config.enable_fault_injection)
+        self.pulls = ImagePuller(
+            client=self.containerd,
+            config=self.config.registry,
+            snapshotter=self.config.snapshotter,
+        )
+        self.network = PodNetwork(
+            conf_dir=Path(self.config.cni_conf_dir),
+            bin_dirs=self.config.cni_bin_dirs,
+            netns=self.netns,
+        )
 
     def emit_container_event(
         self, object_id: str, kind: str, *, sandbox_id: str | None = None
@@ -79,5 +95,5 @@ class RuntimeContext:
         return Path(self.config.state) / "containers" / container_id / "io"
 
     def network_status(self) -> tuple[bool, str]:
-        """(ready, message) of pod networking; CNI comes with the networking issue."""
-        return False, f"cni plugin not initialized: no network config in {self.config.cni_conf_dir}"
+        """(ready, message) of pod networking, from the CNI config watcher's snapshot."""
+        return self.network.status()

@@ -15,3 +15,21 @@ async def resolve_image(rt: RuntimeContext, ref: str, *, what: str = "image") ->
             "(pull it, or load it with `pycri images import`)"
         )
     return image
+
+
+async def ensure_sandbox_image(rt: RuntimeContext) -> Image:
+    """The pause image, pulled when missing (kubelet never pulls it; the runtime must)."""
+    ref_text = rt.config.sandbox_image
+    image = await rt.images.resolve(ref_text)
+    if image is not None:
+        return image
+    from pycri.images import reference
+
+    try:
+        pulled = await rt.pulls.pull(reference.parse_normalized(ref_text))
+    except Exception as err:
+        raise NotFound(
+            f"sandbox image {ref_text!r} is not present and pulling it failed: {err}"
+        ) from None
+    await rt.images.refresh(pulled.record_names[0])
+    return await resolve_image(rt, ref_text, what="sandbox image")

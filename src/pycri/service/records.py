@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import any_pb2
 
 from pycri.containerd import api
-from pycri.containerd.errors import NotFoundError
+from pycri.containerd.errors import ContainerdError, NotFoundError
 
 if TYPE_CHECKING:
     from pycri.images.model import Image
@@ -129,6 +129,15 @@ async def create_record(
     return mounts
 
 
+async def update_metadata(rt: RuntimeContext, object_id: str, metadata: bytes) -> None:
+    """Rewrite the metadata extension of an existing record (e.g. a sandbox's IPs)."""
+    record = api.containers.Container(
+        id=object_id,
+        extensions={METADATA_EXTENSION: any_pb2.Any(type_url=METADATA_TYPE_URL, value=metadata)},
+    )
+    await rt.containerd.containers.update(record, ["extensions"], timeout=30)
+
+
 async def remove_snapshot(rt: RuntimeContext, object_id: str) -> None:
     try:
         await rt.containerd.snapshots.remove(rt.config.snapshotter, object_id)
@@ -162,3 +171,11 @@ async def kill_and_delete_task(rt: RuntimeContext, object_id: str) -> None:
         await tasks.delete(object_id, timeout=30)
     except NotFoundError:
         pass
+    except ContainerdError:
+        # The exit handler may have deleted the task concurrently (Stop returns once the
+        # exit is recorded, before its teardown): gone is what we wanted.
+        try:
+            await tasks.get(object_id, timeout=10)
+        except NotFoundError:
+            return
+        raise

@@ -18,8 +18,12 @@ Container mapping (checkpoint state, task):
     other/error  UNKNOWN
 
 Sandboxes: pause task running → READY and monitored; gone → NOTREADY; stopped/other →
-NOTREADY, task deleted; lookup error → UNKNOWN. A missing or corrupt checkpoint or
-metadata never stops the start: it is logged, and the object rebuilt or skipped.
+NOTREADY, task deleted; lookup error → UNKNOWN. Network: a READY pod whose netns pin is
+gone is re-pinned from its pause process, and its CNI attachment CHECKed in the background
+(logged only); a stopped pod whose pin is gone (reboot) reports no IP, and its
+StopPodSandbox still runs CNI DEL (with an empty CNI_NETNS) when CNI set it up. A missing
+or corrupt checkpoint or metadata never stops the start: it is logged, and the object
+rebuilt or skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pycri.containerd import api
 from pycri.containerd.errors import ContainerdError, NotFoundError
 from pycri.events.monitor import timestamp_ns
 from pycri.events.types import Kind, TaskExit
+from pycri.net.netns import is_pinned
 from pycri.service import records
 from pycri.service.context import RuntimeContext
 from pycri.store import checkpoint
@@ -87,9 +92,29 @@ async def _load_sandbox(rt: RuntimeContext, record: Any) -> Sandbox | None:
     except ContainerdError as err:
         log.error("sandbox task state unknown", extra={"id": metadata.id, "error": str(err)})
     sandbox = Sandbox(metadata=metadata, status=SandboxStatus(state=state, pid=pid))
-    if metadata.netns_path and not await asyncio.to_thread(Path(metadata.netns_path).exists):
-        sandbox.network_torn_down = True
+    await _recover_netns(rt, sandbox)
     return sandbox
+
+
+async def _recover_netns(rt: RuntimeContext, sandbox: Sandbox) -> None:
+    """Re-pin a running pod's lost netns; note a stopped pod's as gone (DEL runs anyway)."""
+    metadata = sandbox.metadata
+    if not metadata.netns_path:
+        return
+    if await asyncio.to_thread(is_pinned, Path(metadata.netns_path)):
+        return
+    if sandbox.status.state is SandboxState.READY:
+        try:
+            if await rt.network.ensure_netns(metadata, pid=sandbox.status.pid):
+                return
+        except OSError as err:
+            log.error(
+                "could not re-pin network namespace",
+                extra={"sandbox_id": metadata.id, "error": str(err)},
+            )
+    sandbox.netns_missing = True
+    if metadata.cni_network is None:
+        sandbox.network_torn_down = True  # nothing left to release
 
 
 async def _load_status(rt: RuntimeContext, metadata: ContainerMetadata) -> ContainerStatus | None:
@@ -242,6 +267,8 @@ async def recover(rt: RuntimeContext) -> None:
     for sandbox in rt.sandboxes.all():
         if sandbox.status.state is SandboxState.READY:
             rt.monitors.watch(kind=Kind.SANDBOX, object_id=sandbox.id, pid=sandbox.status.pid)
+            if not sandbox.netns_missing:
+                rt.network.check_later(sandbox.metadata)  # CNI CHECK, logged only
     await asyncio.gather(*(rt.dispatcher.submit(e.object_id, e) for e in pending_exits))
     await asyncio.to_thread(_remove_orphan_dirs, rt)
     log.info(

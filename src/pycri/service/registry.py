@@ -23,6 +23,7 @@ from pycri.service import (
     container_update,
     image_fs_info,
     image_list,
+    image_pull,
     image_remove,
     image_status,
     sandbox_remove,
@@ -67,6 +68,7 @@ IMAGE_RPCS: dict[str, Impl] = {
     "ImageStatus": image_status.image_status,
     "RemoveImage": image_remove.remove_image,
     "ImageFsInfo": image_fs_info.image_fs_info,
+    "PullImage": image_pull.pull_image,
 }
 
 

@@ -3,6 +3,8 @@
 Idempotent: an unknown ID is a success. Order matters for crash safety: containers first,
 then the sandbox's files, its task and containerd record, and last the in-memory entry and
 its name, so a crash midway leaves a sandbox that a repeated Remove (or recovery) finishes.
+A pod network whose CNI DEL keeps failing blocks removal only for a few calls
+(``sandbox_stop.GIVE_UP_AFTER``); then what may leak is logged and the removal proceeds.
 """
 
 from __future__ import annotations

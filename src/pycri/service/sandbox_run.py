@@ -3,13 +3,23 @@
 Steps, each undone in reverse by ``Rollback`` if a later one fails (nothing is left half
 made: no containerd container, snapshot, task, lease, netns or file):
 
-    validate → reserve name → resolve pause image → netns (unless host network) →
-    sandbox files (hostname, hosts, resolv.conf, log dir) → lease → snapshot → containerd
-    container (spec + metadata extension) → task (null IO) → Wait issued → Start →
-    READY in the store → exit monitor
+    validate → reserve name → resolve pause image → pick the CNI network → netns (unless
+    host network) → sandbox files (hostname, hosts, resolv.conf, log dir) → lease →
+    snapshot → containerd container (spec + metadata extension, which already names the
+    CNI network) → CNI ADD → record updated with the IPs and result → task (null IO) →
+    Wait issued → Start → READY in the store → exit monitor
 
 The sandbox enters the store only once its pause task runs, and its monitor starts only
 after that, so an instant exit is always found by the handler.
+
+Networking (``pycri.net.manager``): with no CNI config at all the pod runs in its own
+namespace with only loopback (degraded mode; Status says NetworkReady=false); an invalid
+config refuses the pod. The network config is in the record before ADD runs and the
+result right after, so a pycri killed anywhere in between leaves a record from which
+StopPodSandbox runs DEL (no IP leaks). A failed ADD rolls back with DEL (the plugins before
+the failing one made things) and then the netns; the error is the plugin's. If that DEL
+fails too, the rollback halts (``Rollback`` critical step): the sandbox is kept NOTREADY
+with its record, netns and name, for kubelet's StopPodSandbox/RemovePodSandbox to retry.
 """
 
 from __future__ import annotations
@@ -23,12 +33,13 @@ from cri_api.v1 import api_pb2
 from pycri.containerd import api
 from pycri.errors import InvalidArgument, NotFound
 from pycri.events.types import Kind
+from pycri.net.cni import AddProgress
 from pycri.oci import spec as oci
 from pycri.service import records
 from pycri.service.cgroups import cgroups_path
 from pycri.service.context import RuntimeContext
 from pycri.service.ids import new_id, now_ns
-from pycri.service.image_resolve import resolve_image
+from pycri.service.image_resolve import ensure_sandbox_image
 from pycri.service.rollback import Rollback
 from pycri.service.sandbox_files import SandboxFiles, remove_sandbox_files, write_sandbox_files
 from pycri.store.names import sandbox_name
@@ -66,15 +77,49 @@ async def run_pod_sandbox(
         raise NotFound(f"runtime handler {request.runtime_handler!r} is not configured")
     sandbox_id = new_id()
     name = sandbox_name(config.metadata)
+    undo = Rollback(what=f"sandbox {sandbox_id}")
+    latest: list[SandboxMetadata] = []  # the newest metadata, for the network teardown
+    try:
+        await _run(rt, request, sandbox_id=sandbox_id, name=name, undo=undo, latest=latest)
+    except BaseException:
+        if undo.halted and latest:
+            _keep_for_cleanup(rt, latest[-1], reason=undo.halted)
+        raise
+    rt.emit_container_event(sandbox_id, "CREATED")
+    rt.emit_container_event(sandbox_id, "STARTED")
+    return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+
+def _keep_for_cleanup(rt: RuntimeContext, metadata: SandboxMetadata, *, reason: str) -> None:
+    """A rollback that could not release the network keeps the sandbox NOTREADY (name held)."""
+    rt.sandboxes.add(Sandbox(metadata=metadata, status=SandboxStatus(state=SandboxState.NOTREADY)))
+    log.error(
+        "sandbox kept for cleanup after a failed rollback; stop and remove it to finish",
+        extra={"sandbox_id": metadata.id, "sandbox_name": metadata.name, "step": reason},
+    )
+
+
+async def _run(
+    rt: RuntimeContext,
+    request: api_pb2.RunPodSandboxRequest,
+    *,
+    sandbox_id: str,
+    name: str,
+    undo: Rollback,
+    latest: list[SandboxMetadata],
+) -> None:
+    config = request.config
     client = rt.containerd
-    async with Rollback(what=f"sandbox {sandbox_id}") as undo:
+    async with undo:
         rt.sandbox_names.reserve(name, sandbox_id)
         undo.push("release name", lambda: rt.sandbox_names.release(name, sandbox_id))
 
-        image = await resolve_image(rt, rt.config.sandbox_image, what="sandbox image")
+        image = await ensure_sandbox_image(rt)
         host_network = config.linux.security_context.namespace_options.network == api_pb2.NODE
         netns_path = ""
+        network = None
         if not host_network:
+            network = rt.network.network_for_pod()  # None: no CNI config, loopback only
             path = await rt.netns.create(sandbox_id)
             netns_path = str(path)
             undo.push("remove netns", lambda: rt.netns.remove(path))
@@ -106,7 +151,9 @@ async def run_pod_sandbox(
             netns_path=netns_path,
             created_at=now_ns(),
             runtime_handler=request.runtime_handler,
+            cni_network=network.to_json() if network is not None else None,
         )
+        latest.append(metadata)
         mounts = await records.create_record(
             rt,
             object_id=sandbox_id,
@@ -117,6 +164,25 @@ async def run_pod_sandbox(
             labels={**image.config.labels, **dict(config.labels)},
             undo=undo,
         )
+        if network is not None:
+            progress = AddProgress()  # a failed ADD's DEL insists only on completed plugins
+            undo.push(
+                "tear down pod network",
+                lambda: rt.network.teardown(latest[-1], progress=progress),
+                critical=True,
+            )
+            attached = await rt.network.setup(
+                sandbox_id=sandbox_id,
+                config=config,
+                netns_path=netns_path,
+                network=network,
+                progress=progress,
+            )
+            metadata = metadata.replace(
+                ip=attached.ip, additional_ips=attached.additional_ips, cni_result=attached.result
+            )
+            latest.append(metadata)
+            await records.update_metadata(rt, sandbox_id, metadata.encode())
 
         await client.tasks.create(
             api.tasks.CreateTaskRequest(container_id=sandbox_id, rootfs=mounts), timeout=60
@@ -134,8 +200,11 @@ async def run_pod_sandbox(
         undo.commit()
     log.info(
         "sandbox ready",
-        extra={"sandbox_id": sandbox_id, "sandbox_name": name, "pid": pid, "netns": netns_path},
+        extra={
+            "sandbox_id": sandbox_id,
+            "sandbox_name": name,
+            "pid": pid,
+            "netns": netns_path,
+            "ip": metadata.ip,
+        },
     )
-    rt.emit_container_event(sandbox_id, "CREATED")
-    rt.emit_container_event(sandbox_id, "STARTED")
-    return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)

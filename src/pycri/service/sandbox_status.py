@@ -14,7 +14,7 @@ from pycri.store.sandbox import Sandbox
 
 def _network(sandbox: Sandbox) -> api_pb2.PodSandboxNetworkStatus:
     meta = sandbox.metadata
-    if meta.host_network or sandbox.network_torn_down:
+    if meta.host_network or sandbox.network_torn_down or sandbox.netns_missing:
         return api_pb2.PodSandboxNetworkStatus()
     return api_pb2.PodSandboxNetworkStatus(
         ip=meta.ip,
@@ -53,6 +53,7 @@ async def pod_sandbox_status(
                 "netNamespacePath": sandbox.metadata.netns_path,
                 "image": rt.config.sandbox_image,
                 "runtimeHandler": sandbox.metadata.runtime_handler,
+                "cniResult": sandbox.metadata.cni_result,
                 "config": json.loads(sandbox.metadata.encode())["config"],
             }
         )

@@ -4,19 +4,29 @@ Idempotent: an unknown ID is a success (kubelet treats NOT_FOUND as done anyway,
 crictl retries), and calling it again on a NOTREADY sandbox just re-checks each step.
 The pause task is killed only while the sandbox is READY/UNKNOWN; the call then waits for
 the exit monitor to record the exit (it never records it itself), bounded by STOP_TIMEOUT.
+
+Then the network (``teardown_network``): CNI DEL with the config stored in the sandbox's
+metadata, then the netns is removed. DEL is retried inside the call; if it keeps failing
+the call fails with the plugin's error (kubelet retries), the netns stays so the next DEL
+still finds the pod's interface, and the failure is counted on the sandbox. After
+``GIVE_UP_AFTER`` failed calls the next Stop/Remove tries DEL once more, then logs what
+may leak and goes on (kubelet removes a sandbox only after its StopPodSandbox succeeded,
+so Stop must give up too), so a broken plugin never blocks removal forever. The count is
+in memory: a pycri restart grants a fresh set of attempts. The sandbox's ``stopping`` lock
+serializes all of it per sandbox; different sandboxes tear down in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from cri_api.v1 import api_pb2
 
 from pycri.containerd.errors import NotFoundError
 from pycri.errors import DeadlineExceeded
 from pycri.events.types import Kind
+from pycri.net.manager import NetworkTeardownError
 from pycri.service.container_stop import stop_container
 from pycri.service.context import RuntimeContext
 from pycri.store.sandbox import Sandbox, SandboxState
@@ -24,6 +34,7 @@ from pycri.store.sandbox import Sandbox, SandboxState
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 120.0  # kubelet's default runtime request timeout
+GIVE_UP_AFTER = 3  # failed network teardown calls, after which Stop/Remove proceed anyway
 
 
 async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
@@ -51,10 +62,15 @@ async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
 
 
 async def teardown_network(rt: RuntimeContext, sandbox: Sandbox) -> None:
+    """CNI DEL and netns removal, once; NetworkTeardownError if DEL keeps failing."""
     if sandbox.network_torn_down:
         return
-    if sandbox.metadata.netns_path:
-        await rt.netns.remove(Path(sandbox.metadata.netns_path))
+    give_up = sandbox.network_teardown_failures >= GIVE_UP_AFTER
+    try:
+        await rt.network.teardown(sandbox.metadata, give_up=give_up)
+    except NetworkTeardownError:
+        sandbox.network_teardown_failures += 1
+        raise
     sandbox.network_torn_down = True
 
 

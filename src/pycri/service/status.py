@@ -36,4 +36,5 @@ async def status(rt: RuntimeContext, request: api_pb2.StatusRequest) -> api_pb2.
                 "cniConfDir": rt.config.cni_conf_dir,
             }
         )
+        response.info["cni"] = json.dumps(rt.network.describe())
     return response

@@ -46,6 +46,9 @@ class SandboxMetadata:
     ip: str = ""
     additional_ips: tuple[str, ...] = ()
     cni_result: dict[str, Any] | None = None
+    # the CNI network config list the pod was set up with (written before ADD, so DEL can
+    # run with it after any crash); None: no CNI (host network or no config)
+    cni_network: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class SandboxMetadata:
             "ip": self.ip,
             "additional_ips": list(self.additional_ips),
             "cni_result": self.cni_result,
+            "cni_network": self.cni_network,
         }
 
     @classmethod
@@ -74,6 +78,7 @@ class SandboxMetadata:
             ip=doc.get("ip", ""),
             additional_ips=tuple(doc.get("additional_ips") or ()),
             cni_result=doc.get("cni_result"),
+            cni_network=doc.get("cni_network"),
         )
 
     def encode(self) -> bytes:
@@ -103,7 +108,9 @@ class Sandbox:
         self.exited = asyncio.Event()  # set once the pause task's exit is handled
         if status.state is not SandboxState.READY:
             self.exited.set()
-        self.network_torn_down = False
+        self.network_torn_down = False  # CNI DEL done and netns removed
+        self.netns_missing = False  # its netns pin was gone at recovery (IP no longer valid)
+        self.network_teardown_failures = 0  # failed teardown calls (RemovePodSandbox gives up)
         self.stopping = asyncio.Lock()  # serializes Stop/Remove of one sandbox
 
     @property
