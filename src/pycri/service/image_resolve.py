@@ -31,5 +31,7 @@ async def ensure_sandbox_image(rt: RuntimeContext) -> Image:
         raise NotFound(
             f"sandbox image {ref_text!r} is not present and pulling it failed: {err}"
         ) from None
-    await rt.images.refresh(pulled.record_names[0])
-    return await resolve_image(rt, ref_text, what="sandbox image")
+    image = await rt.images.refresh(pulled.record_names[0])
+    if image is None:
+        raise NotFound(f"sandbox image {ref_text!r} was pulled but is gone again")
+    return image
