@@ -349,7 +349,9 @@ class ImageWriter:
         record_names = image.record_names()
         created: list[str] = []
         try:
-            for name in record_names:
+            # Tags last: an image event (or lookup) that finds the image by its tag then
+            # always finds its repo digest and ID records too, never a half-recorded image.
+            for name in reversed(record_names):
                 record = api.images.Image(
                     name=name,
                     labels={LABEL_CRI_IMAGE: LABEL_CRI_IMAGE_MANAGED},
