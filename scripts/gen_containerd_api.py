@@ -49,12 +49,11 @@ def main() -> int:
     debs.mkdir(parents=True, exist_ok=True)
     missing = [p for p in PACKAGES if not list(debs.glob(f"{p}_*.deb"))]
     if missing:
-        subprocess.run(
-            ["apt-get", "-o", "APT::Sandbox::User=root", "download", *missing],
-            cwd=debs,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        download = ["apt-get", "-o", "APT::Sandbox::User=root", "download", *missing]
+        if subprocess.run(download, cwd=debs, check=False, stdout=subprocess.DEVNULL).returncode:
+            # No package lists yet (a new machine whose packages were all present): fetch them.
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(download, cwd=debs, check=True, stdout=subprocess.DEVNULL)
     deb_files = sorted(debs.glob("*.deb"))
     digest = hashlib.sha256(b"v2" + b"".join(p.name.encode() for p in deb_files)).hexdigest()
     if (out / STAMP).exists() and (out / STAMP).read_text() == digest:
@@ -99,7 +98,7 @@ def main() -> int:
         init = Path(dirpath) / "__init__.py"
         if not init.exists():
             init.touch()
-        (out / STAMP).write_text(digest)
+    (out / STAMP).write_text(digest)
     print(f"generated {len(protos) + 1} containerd API modules into {out}")
     return 0
 

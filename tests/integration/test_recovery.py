@@ -350,7 +350,12 @@ async def test_orphans_listed_and_collected(node: Node, tmp_path: Path) -> None:
     (d.root / "sandboxes" / ("a" * 64)).mkdir(parents=True)
     (d.root / "containers" / ("b" * 64)).mkdir(parents=True)
     stray_ns = await NetNS(d.state / "netns").create("c" * 64)
-    await node.ctd.snapshots.prepare("overlayfs", "stray-snapshot", "")
+    # A snapshot with neither a lease nor a gc.root label is garbage to containerd itself: its
+    # next GC (scheduled after any delete, later on a busy machine) would remove it before
+    # pycri looks. A stray one that lingers is held by something; here, a gc.root label.
+    await node.ctd.snapshots.prepare(
+        "overlayfs", "stray-snapshot", "", labels={"containerd.io/gc.root": "test"}
+    )
     args = ["--root", str(d.root), "--state", str(d.state)]
 
     def cli(*cmd: str) -> str:
