@@ -1,9 +1,19 @@
-"""``pycri check``: what this node lacks to run pycri, and how to get it."""
+"""``pycri check``: what this node lacks to run pycri, said so that an operator can act on it.
+
+Each finding is one line: ``ok``, ``MISSING`` (pycri cannot work as configured; the line
+ends with the command or change that fixes it) or ``NOTE`` (works, but worth knowing: a
+system containerd on the default paths, a degraded network mode). The exit status is 1
+when anything is missing. The checks only read: they never load modules, start services
+or write files.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,63 +21,149 @@ from pycri.config import Config
 from pycri.net import cni
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+SYSTEM_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+SYSTEM_CONTAINERD_ROOT = Path("/var/lib/containerd")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# controllers pycri sets limits with; v1 mounts them as hierarchies, v2 lists them
+CGROUP_CONTROLLERS = ("cpu", "memory", "pids")
+NAMESPACES = ("net", "ipc", "uts", "pid", "mnt")
+
+
+class Level(enum.Enum):
+    OK = "ok"
+    MISSING = "MISSING"
+    NOTE = "NOTE"
 
 
 @dataclass(frozen=True)
 class Finding:
-    ok: bool
+    level: Level
     what: str
     fix: str = ""
 
-
-def _cgroup_mode() -> str:
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return "v2"
-    if Path("/sys/fs/cgroup/memory").is_dir():
-        return "v1"
-    return ""
+    @property
+    def ok(self) -> bool:
+        return self.level is not Level.MISSING
 
 
-def run_checks(config: Config) -> list[Finding]:
+def ok(what: str) -> Finding:
+    return Finding(Level.OK, what)
+
+
+def missing(what: str, fix: str) -> Finding:
+    return Finding(Level.MISSING, what, fix)
+
+
+def note(what: str, advice: str = "") -> Finding:
+    return Finding(Level.NOTE, what, advice)
+
+
+def _binary(name: str, package: str) -> Finding:
+    path = shutil.which(name)
+    if path:
+        return ok(f"{name}: {path}")
+    return missing(f"{name}: not found on PATH", f"apt-get install {package}")
+
+
+def _socket_answers(path: Path) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def containerd_checks(config: Config) -> list[Finding]:
     found: list[Finding] = []
-
-    def binary(name: str, package: str) -> None:
-        path = shutil.which(name)
-        found.append(
-            Finding(bool(path), f"{name}: {path or 'missing'}", f"apt-get install {package}")
-        )
-
-    binary("runc", "runc")
+    system_live = SYSTEM_CONTAINERD_SOCKET.exists() and _socket_answers(SYSTEM_CONTAINERD_SOCKET)
     if config.managed_containerd:
-        binary(config.containerd_binary, "containerd")
+        found.append(_binary(config.containerd_binary, "containerd"))
+        found.append(
+            ok(f"managed containerd: private socket {config.containerd_socket}, root {config.root}")
+        )
+        if system_live:
+            found.append(
+                note(
+                    f"a system containerd answers on {SYSTEM_CONTAINERD_SOCKET} (root "
+                    f"{SYSTEM_CONTAINERD_ROOT}); pycri never uses it or its paths",
+                    "leave it, or stop it if nothing else needs it: "
+                    "systemctl disable --now containerd",
+                )
+            )
+        return found
+    address = Path(config.containerd_address)
+    if not address.exists():
+        found.append(
+            missing(
+                f"containerd socket {address}: does not exist",
+                "start that containerd, fix --containerd-address, or drop it to let pycri "
+                "run its own",
+            )
+        )
+    elif not _socket_answers(address):
+        found.append(missing(f"containerd socket {address}: nothing answers", "start containerd"))
     else:
-        sock = Path(config.containerd_address)
+        found.append(ok(f"containerd socket {address}: answers"))
+    if address == SYSTEM_CONTAINERD_SOCKET:
         found.append(
-            Finding(sock.exists(), f"containerd socket {sock}", "start containerd or fix the path")
-        )
-    filesystems = Path("/proc/filesystems").read_text()
-    found.append(Finding("overlay" in filesystems, "kernel overlay filesystem", "modprobe overlay"))
-    for ns in ("net", "ipc", "uts", "pid", "mnt"):
-        found.append(
-            Finding(
-                Path(f"/proc/self/ns/{ns}").exists(),
-                f"kernel {ns} namespaces",
-                "a kernel with namespaces",
+            note(
+                "pycri uses the system containerd: its own CRI plugin also manages namespace "
+                "k8s.io",
+                'disable it there: disabled_plugins = ["io.containerd.grpc.v1.cri"] in '
+                "/etc/containerd/config.toml",
             )
         )
-    mode = _cgroup_mode()
-    found.append(Finding(bool(mode), f"cgroups {mode or 'not mounted'}", "mount cgroupfs"))
-    for plugin in CNI_PLUGINS:
-        where = next((d for d in config.cni_bin_dirs if (Path(d) / plugin).exists()), None)
-        found.append(
-            Finding(
-                where is not None,
-                f"CNI plugin {plugin}: {where or 'missing'}",
-                "apt-get install containernetworking-plugins",
-            )
-        )
-    found += cni_checks(config)
     return found
+
+
+def kernel_checks() -> list[Finding]:
+    found: list[Finding] = []
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        filesystems = ""
+    if "overlay" in filesystems:
+        found.append(ok("kernel overlay filesystem"))
+    else:
+        found.append(missing("kernel overlay filesystem: not available", "modprobe overlay"))
+    absent = [ns for ns in NAMESPACES if not Path(f"/proc/self/ns/{ns}").exists()]
+    if absent:
+        found.append(
+            missing(f"kernel namespaces missing: {', '.join(absent)}", "a kernel with namespaces")
+        )
+    else:
+        found.append(ok(f"kernel namespaces: {', '.join(NAMESPACES)}"))
+    found.append(cgroup_check())
+    return found
+
+
+def cgroup_check() -> Finding:
+    """cgroup version, the driver pycri uses with it, and the controllers it needs."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        try:
+            have = set((CGROUP_ROOT / "cgroup.controllers").read_text().split())
+        except OSError:
+            have = set()
+        version = "v2 (unified)"
+    elif (CGROUP_ROOT / "memory").is_dir():
+        have = {c for c in CGROUP_CONTROLLERS if (CGROUP_ROOT / c).is_dir()}
+        version = "v1 (legacy hierarchies)"
+    else:
+        return missing(
+            "cgroups: nothing mounted at /sys/fs/cgroup",
+            "mount cgroup2 on /sys/fs/cgroup (or boot with systemd, which does)",
+        )
+    lacking = [c for c in CGROUP_CONTROLLERS if c not in have]
+    if lacking:
+        return missing(
+            f"cgroups {version}: controllers missing: {', '.join(lacking)}",
+            "enable them on the kernel command line (e.g. cgroup_enable=memory) and reboot",
+        )
+    return ok(f"cgroups {version}, cgroupfs driver; controllers {', '.join(CGROUP_CONTROLLERS)}")
 
 
 def cni_checks(config: Config) -> list[Finding]:
@@ -76,55 +172,80 @@ def cni_checks(config: Config) -> list[Finding]:
     The same checks the daemon's config watcher makes (``PluginRunner.validate`` runs each
     plugin's VERSION command), so "ok" here means NetworkReady=true there.
     """
+    found: list[Finding] = []
+    for plugin in CNI_PLUGINS:
+        where = next((d for d in config.cni_bin_dirs if (Path(d) / plugin).exists()), None)
+        if where is not None:
+            found.append(ok(f"CNI plugin {plugin}: {where}"))
+        else:
+            found.append(
+                missing(
+                    f"CNI plugin {plugin}: not in {', '.join(config.cni_bin_dirs)}",
+                    "apt-get install containernetworking-plugins (or pass --cni-bin-dir)",
+                )
+            )
     conf_dir = Path(config.cni_conf_dir)
     files = cni.config_files(conf_dir)
     if not files:
-        return [
-            Finding(
-                False,
-                f"CNI config in {conf_dir}: none (pods get loopback only)",
-                "install a CNI config (e.g. examples/cni/10-pycri.conflist) or run "
-                "host-network pods only",
+        found.append(
+            note(
+                f"CNI config in {conf_dir}: none, so pods get loopback only and Status says "
+                "NetworkReady=false",
+                f"install a network config, e.g. cp examples/cni/10-pycri.conflist {conf_dir}/",
             )
-        ]
+        )
+        return found
     try:
         network = cni.load_file(files[0])
     except cni.CNIConfigError as err:
-        return [Finding(False, f"CNI config {files[0]}: {err}", "fix or remove the file")]
-    found = [
-        Finding(
-            True,
+        found.append(missing(f"CNI config {files[0]}: {err}", "fix or remove the file"))
+        return found
+    found.append(
+        ok(
             f"CNI config {files[0]}: network {network.name!r}, cniVersion "
-            f"{network.cni_version}, plugins {', '.join(network.plugin_types)}",
+            f"{network.cni_version}, plugins {', '.join(network.plugin_types)}"
         )
-    ]
+    )
     runner = cni.PluginRunner(bin_dirs=config.cni_bin_dirs, timeout=10)
     try:
         asyncio.run(runner.validate(network))
-        found.append(Finding(True, "CNI plugins of the config present and compatible"))
+        found.append(ok("CNI plugins of the config present and compatible"))
     except cni.CNIConfigError as err:
         found.append(
-            Finding(
-                False,
-                str(err),
-                "apt-get install containernetworking-plugins or pass --cni-bin-dir",
-            )
+            missing(str(err), "apt-get install containernetworking-plugins or pass --cni-bin-dir")
         )
     if "portmap" in network.plugin_types:
-        path = shutil.which("iptables")
-        found.append(
-            Finding(
-                bool(path),
-                f"iptables (for portmap): {path or 'missing'}",
-                "apt-get install iptables",
-            )
-        )
+        found.append(_binary("iptables", "iptables"))
+    return found
+
+
+def daemon_checks(config: Config) -> list[Finding]:
+    sock = Path(config.socket)
+    if sock.exists() and _socket_answers(sock):
+        return [note(f"a pycri daemon answers on {sock}")]
+    return [note(f"no daemon answers on {sock} (yet)", "start it: scripts/run.sh")]
+
+
+def run_checks(config: Config) -> list[Finding]:
+    found = [_binary("runc", "runc")]
+    found += containerd_checks(config)
+    found += kernel_checks()
+    found += cni_checks(config)
+    found += daemon_checks(config)
+    if os.geteuid() != 0:
+        found.append(missing("not running as root", "run pycri (and this check) as root"))
     return found
 
 
 def report(findings: list[Finding]) -> tuple[str, bool]:
     lines = []
     for f in findings:
-        mark = "ok  " if f.ok else "MISSING"
-        lines.append(f"{mark:8} {f.what}" + ("" if f.ok else f"  -> {f.fix}"))
-    return "\n".join(lines), all(f.ok for f in findings)
+        line = f"{f.level.value:8} {f.what}"
+        if f.fix:
+            line += f"\n{'':8}   -> {f.fix}"
+        lines.append(line)
+    problems = sum(1 for f in findings if not f.ok)
+    lines.append(
+        "everything pycri needs is here" if not problems else f"{problems} thing(s) missing"
+    )
+    return "\n".join(lines), problems == 0

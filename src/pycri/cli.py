@@ -70,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
     _add_common(imp)
     imp.add_argument("tarball", type=Path)
     imp.add_argument("--name", action="append", default=[], help="extra reference to tag")
+    build = images_sub.add_parser(
+        "build",
+        help="build a busybox or pause image tarball from the host's busybox-static "
+        "(for nodes without registry access)",
+    )
+    build.add_argument("kind", choices=("busybox", "pause"))
+    build.add_argument("tarball", type=Path, help="where to write the OCI layout tarball")
+    build.add_argument("--ref", help="image reference (default: the usual busybox/pause name)")
     return top
 
 
@@ -97,11 +105,26 @@ def _load(args: argparse.Namespace) -> Config:
     return load(path, _overrides(args))
 
 
+def _build_image(kind: str, tarball: Path, *, ref: str | None) -> int:
+    from pycri.images import oci_build
+
+    build = oci_build.build_busybox_image if kind == "busybox" else oci_build.build_pause_image
+    try:
+        built = build(tarball, ref=ref) if ref else build(tarball)
+    except OSError as err:
+        print(f"pycri: building the {kind} image failed: {err}", file=sys.stderr)
+        return 1
+    print(f"built {built.ref} into {tarball}: image {built.image_id}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "config":
         sys.stdout.write(default_toml())
         return 0
+    if args.command == "images" and args.images_command == "build":
+        return _build_image(args.kind, args.tarball, ref=args.ref)
     try:
         config = _load(args)
     except ConfigError as err:

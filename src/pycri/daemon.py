@@ -108,46 +108,22 @@ class Daemon:
 
     def _register_metrics(self) -> None:
         rt, metrics = self.runtime, self.runtime.metrics
-        metrics.register(
-            "pycri_backoff_queue_depth",
-            "Events waiting in the per-ID backoff queues.",
-            lambda: self.dispatcher.stats().queued_events,
-        )
-        metrics.register(
-            "pycri_backoff_ids",
-            "Objects whose event handling is in backoff.",
-            lambda: self.dispatcher.stats().ids_in_backoff,
-        )
-        metrics.register(
-            "pycri_event_retries_total",
-            "Retries of event handling, all outcomes.",
-            lambda: sum(self.dispatcher.stats().retries.values()),
-            kind="counter",
-        )
-        metrics.register("pycri_exit_monitors", "Live exit monitors.", lambda: len(rt.monitors))
-        metrics.register(
-            "pycri_network_ready",
-            "1 when a valid CNI network config is loaded.",
-            lambda: float(rt.network.status()[0]),
-        )
-        metrics.register(
-            "pycri_cni_del_failures_total",
-            "Failed CNI DEL attempts (each is retried).",
-            lambda: rt.network.teardown_failures,
-            kind="counter",
-        )
-        metrics.register(
-            "pycri_event_subscribers_dropped_total",
-            "GetContainerEvents subscribers dropped for falling behind.",
-            lambda: rt.container_events.dropped_subscribers,
-            kind="counter",
-        )
-        metrics.register(
-            "pycri_containerd_reconnects_total",
-            "Re-subscriptions to containerd's event stream.",
-            lambda: self.events.reconnects,
-            kind="counter",
-        )
+        readers = {
+            "pycri_backoff_queue_depth": lambda: self.dispatcher.stats().queued_events,
+            "pycri_backoff_ids": lambda: self.dispatcher.stats().ids_in_backoff,
+            "pycri_event_retries_total": lambda: sum(self.dispatcher.stats().retries.values()),
+            "pycri_exit_monitors": lambda: len(rt.monitors),
+            "pycri_network_ready": lambda: float(rt.network.status()[0]),
+            "pycri_cni_del_failures_total": lambda: rt.network.teardown_failures,
+            "pycri_event_subscribers_dropped_total": (
+                lambda: rt.container_events.dropped_subscribers
+            ),
+            "pycri_containerd_reconnects_total": lambda: self.events.reconnects,
+            "pycri_sandboxes": lambda: len(rt.sandboxes),
+            "pycri_containers": lambda: len(rt.containers),
+        }
+        for name, read in readers.items():
+            metrics.bind(name, read)
 
     async def start(self) -> None:
         # Refuse a live CRI socket and a second daemon on the same dirs before touching

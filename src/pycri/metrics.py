@@ -1,120 +1,198 @@
-"""Prometheus metrics of the event path, served on ``--metrics-address`` (off by default).
+"""Prometheus metrics of pycri, served on ``--metrics-address`` (off by default).
 
-No client library: a few counters, gauges and one histogram rendered in the text format by
-a tiny asyncio HTTP server (GET /metrics). Values are read from the live objects at scrape
-time (dispatcher stats, monitor count, subscriber drops), so the hot path only records the
-exit-handling latency.
+Built on ``prometheus_client``, with a registry of its own per daemon (never the library's
+global one, so two runtimes in one process never share counters):
+
+- recorded on the hot path: the exit-handling latency histogram and the failure counter by
+  step, both thread-safe library objects;
+- read at scrape time (``LIVE_METRICS``): values of live objects (dispatcher queues, monitor
+  count, subscriber drops, ...) through readers the daemon binds by name;
+- the library's process collector: RSS, CPU seconds, open fds, start time.
+
+Races: the library serves scrapes from its own HTTP thread, while the live objects belong to
+the event loop and change under it (a dict iterated while an exit handler adds to it can
+raise). So a scrape does not read them from its thread: it asks the loop for one snapshot
+of every reader (``call_soon_threadsafe``) and waits for it, bounded, so a stalled loop
+makes a scrape answer without live values instead of hanging. Every metric name, with its
+meaning, is listed in docs/operations.md; a test keeps that table complete.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import contextlib
+import concurrent.futures
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+# ``*_created`` series (one per counter and histogram) say only when pycri started, which
+# process_start_time_seconds already does: leave them out.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for the event loop
 
 
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS):
-        self.name = name
-        self.help = help_text
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
+@dataclass(frozen=True)
+class LiveMetric:
+    """A value read from a live object at scrape time."""
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
+    name: str
+    help: str
+    kind: Literal["gauge", "counter"] = "gauge"
 
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        cumulative = 0
-        for bound, n in zip(self.buckets, self.counts, strict=False):
-            cumulative += n
-            lines.append(f'{self.name}_bucket{{le="{bound}"}} {cumulative}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum {self.sum}")
-        lines.append(f"{self.name}_count {self.count}")
-        return lines
+
+LIVE_METRICS = (
+    LiveMetric("pycri_backoff_queue_depth", "Events waiting in the per-ID backoff queues."),
+    LiveMetric("pycri_backoff_ids", "Objects whose event handling is in backoff."),
+    LiveMetric("pycri_event_retries_total", "Retries of event handling, all outcomes.", "counter"),
+    LiveMetric("pycri_exit_monitors", "Live exit monitors (one per running task)."),
+    LiveMetric("pycri_network_ready", "1 when a valid CNI network config is loaded."),
+    LiveMetric(
+        "pycri_cni_del_failures_total", "Failed CNI DEL attempts (each is retried).", "counter"
+    ),
+    LiveMetric(
+        "pycri_event_subscribers_dropped_total",
+        "GetContainerEvents subscribers dropped for falling behind.",
+        "counter",
+    ),
+    LiveMetric(
+        "pycri_containerd_reconnects_total",
+        "Re-subscriptions to containerd's event stream.",
+        "counter",
+    ),
+    LiveMetric("pycri_sandboxes", "Pod sandboxes pycri knows, in any state."),
+    LiveMetric("pycri_containers", "Containers pycri knows, in any state."),
+)
+_LIVE_BY_NAME = {m.name: m for m in LIVE_METRICS}
+
+Reader = Callable[[], float]
+
+
+class _LiveCollector(Collector):
+    def __init__(self) -> None:
+        self.readers: dict[str, Reader] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _read_all(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for name, read in list(self.readers.items()):
+            try:
+                values[name] = float(read())
+            except Exception:  # a broken reader must not break the scrape
+                log.debug("metric reader failed", exc_info=True, extra={"metric": name})
+        return values
+
+    def _snapshot(self) -> dict[str, float]:
+        loop = self.loop
+        if loop is None or not loop.is_running() or _on_loop_thread(loop):
+            return self._read_all()
+        result: concurrent.futures.Future[dict[str, float]] = concurrent.futures.Future()
+
+        def read_on_loop() -> None:
+            try:
+                result.set_result(self._read_all())
+            except BaseException as err:  # pragma: no cover - _read_all catches
+                result.set_exception(err)
+
+        loop.call_soon_threadsafe(read_on_loop)
+        try:
+            return result.result(timeout=SNAPSHOT_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            log.warning("metrics scrape: event loop did not answer; live values left out")
+            return {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self._snapshot().items():
+            spec = _LIVE_BY_NAME[name]
+            family = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+            yield family(name, spec.help, value=value)
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class Metrics:
+    """pycri's metrics registry: hot-path recorders plus live readers bound by name."""
+
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
         self.exit_latency = Histogram(
             "pycri_exit_handling_seconds",
             "Time from a process exit (containerd's exited_at) to its status being persisted.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.failures_by_step: dict[str, int] = {}
-        # name -> (help, type, reader); registered by the daemon
-        self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
+        self._failures = Counter(
+            "pycri_event_handling_failures",
+            "Failed exit/OOM handling attempts by step.",
+            ["step"],
+            registry=self.registry,
+        )
+        self._live = _LiveCollector()
+        self.registry.register(self._live)
+        ProcessCollector(registry=self.registry)
 
-    def register(
-        self, name: str, help_text: str, read: Callable[[], float], *, kind: str = "gauge"
-    ) -> None:
-        self._gauges[name] = (help_text, kind, read)
+    def bind(self, name: str, read: Reader) -> None:
+        """Attach the reader of a live metric (a name of ``LIVE_METRICS``)."""
+        if name not in _LIVE_BY_NAME:
+            raise KeyError(f"{name} is not a declared live metric")
+        self._live.readers[name] = read
 
     def step_failed(self, step: str) -> None:
-        self.failures_by_step[step] = self.failures_by_step.get(step, 0) + 1
+        self._failures.labels(step=step).inc()
 
     def render(self) -> str:
-        lines = self.exit_latency.render()
-        for name, (help_text, kind, read) in sorted(self._gauges.items()):
-            try:
-                value = read()
-            except Exception:  # a broken reader must not break the scrape
-                continue
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        lines += [
-            "# HELP pycri_event_handling_failures_total Failed exit/OOM handling attempts by step.",
-            "# TYPE pycri_event_handling_failures_total counter",
-        ]
-        lines += [
-            f'pycri_event_handling_failures_total{{step="{step}"}} {n}'
-            for step, n in sorted(self.failures_by_step.items())
-        ]
-        return "\n".join(lines) + "\n"
+        """The text exposition, as a scrape would get it."""
+        return generate_latest(self.registry).decode()
+
+    def serve_from(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Scrapes from other threads read live values on ``loop``."""
+        self._live.loop = loop
 
 
 class MetricsServer:
+    """The library's HTTP exposition server (its own thread) on ``host:port``."""
+
     def __init__(self, metrics: Metrics, *, address: str) -> None:
         self.metrics = metrics
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
-        self._server: asyncio.Server | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.metrics.serve_from(asyncio.get_running_loop())
+        server, thread = await asyncio.to_thread(
+            start_http_server, self.port, addr=self.host, registry=self.metrics.registry
+        )
+        self._server, self._thread = server, thread
+        self.port = int(server.server_address[1])
         log.info("serving metrics", extra={"address": f"{self.host}:{self.port}"})
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path.split(b"?")[0] == b"/metrics":
-                body = self.metrics.render().encode()
-                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body, head = b"not found\n", b"HTTP/1.1 404 Not Found\r\n"
-            writer.write(
-                head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await asyncio.to_thread(server.shutdown)
+        await asyncio.to_thread(server.server_close)

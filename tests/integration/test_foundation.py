@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.conftest import CRI, PYCRI, Daemon, eventually
+from tests.integration.conftest import (
+    CRI,
+    PYCRI,
+    REPO,
+    Daemon,
+    eventually,
+    import_test_images,
+)
 
 
 async def test_version(cri: CRI) -> None:
@@ -172,3 +182,34 @@ def test_readme_run_command_serves_version_and_status(make_daemon: type[Daemon])
         ready = {c.type: c.status for c in status.status.conditions}
         assert ready["RuntimeReady"] is True
     assert d.stop() == 0
+
+
+async def test_readme_tour_runs_as_written(daemon: Daemon, crictl: Path, tmp_path: Path) -> None:
+    """The README's tour, run verbatim with real crictl (only the socket and dirs differ)."""
+    await import_test_images(daemon.containerd_socket)
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- tour:start -->\n```sh\n(.*?)```\n<!-- tour:end -->", readme, re.S)
+    assert block is not None, "the README lost its tour markers"
+    script = block.group(1)
+    assert "/run/pycri/pycri.sock" in script and "/tmp/pycri-tour" in script
+    script = script.replace("/run/pycri/pycri.sock", str(daemon.socket))
+    script = script.replace("/tmp/pycri-tour", str(tmp_path / "logs"))
+    env = {**os.environ, "PATH": f"{crictl.parent}:{os.environ['PATH']}"}
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out = (await asyncio.wait_for(proc.communicate(), timeout=120))[0].decode()
+    assert proc.returncode == 0, out
+    assert "tick 1\ntick 2\ntick 3\n" in out
+    assert '"state": "CONTAINER_EXITED"' in out and '"exitCode": 3' in out
+    assert '"reason": "Error"' in out
+    assert re.search(r"^\S+ stdout F tick 3$", out, re.M), out  # the CRI log file's record
+    assert "Removed sandbox" in out
