@@ -9,7 +9,7 @@
   ``restrict_oom_score_adj = true`` (this VM drops CAP_SYS_RESOURCE, so a negative
   oom_score_adj fails in runc).
 
-Both get the same busybox and pause images, built by ``pycri.images.oci_build`` and loaded
+Both get the same busybox and pause images, built by ``pycri.testing.images`` and loaded
 into their containerd (namespace ``k8s.io``) with ``pycri.images.importer``, so neither pulls.
 
 Cleanup is part of the contract: ``stop`` ends the daemon, then any shim still serving that
@@ -34,7 +34,7 @@ from bench.cri import CriClient
 from bench.specs import BUSYBOX_REF, PAUSE_REF
 from pycri.containerd.client import ContainerdClient
 from pycri.images.importer import import_tarball
-from pycri.images.oci_build import build_busybox_image, build_pause_image
+from pycri.testing.images import build_busybox_image, build_pause_image
 
 PYCRI_BINARY = Path(sys.executable).parent / "pycri"
 CONTAINERD_BINARY = "/usr/bin/containerd"

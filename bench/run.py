@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.run --render bench/results/<date>.json   # the report again
 
 What it does, in order:
-1. builds the busybox and pause images (``pycri.images.oci_build``) once;
+1. builds the busybox and pause images (``pycri.testing.images``) once;
 2. starts pycri (``pycri serve --enable-fault-injection``, managed containerd) and a separate
    containerd with its CRI plugin, each under its own temp dir, and loads both images into
    each (``pycri.images.importer``, namespace ``k8s.io``);

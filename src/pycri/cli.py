@@ -106,9 +106,9 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _build_image(kind: str, tarball: Path, *, ref: str | None) -> int:
-    from pycri.images import oci_build
+    from pycri.testing import images
 
-    build = oci_build.build_busybox_image if kind == "busybox" else oci_build.build_pause_image
+    build = images.build_busybox_image if kind == "busybox" else images.build_pause_image
     try:
         built = build(tarball, ref=ref) if ref else build(tarball)
     except OSError as err:

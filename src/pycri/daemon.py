@@ -22,33 +22,99 @@ from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
 from pycri.containerd.supervisor import ManagedContainerd
+from pycri.events.container_events import ContainerEventBroadcaster
 from pycri.events.dispatcher import EventDispatcher
-from pycri.events.handlers import handle_event
 from pycri.events.monitor import ExitMonitors
-from pycri.events.reconcile import reconcile
 from pycri.events.stream import EventStream
 from pycri.events.types import Event
+from pycri.images.pull import ImagePuller
 from pycri.images.store import ImageStore
-from pycri.metrics import MetricsServer
+from pycri.metrics import Metrics, MetricsServer
+from pycri.net.manager import PodNetwork
+from pycri.net.netns import NetNS
+from pycri.oci.host import probe_host_features
+from pycri.paths import Paths
+from pycri.service.container_events import ContainerEventPublisher
 from pycri.service.context import RuntimeContext
+from pycri.service.exits import ExitHandler
+from pycri.service.faults import Faults
+from pycri.service.reconcile import Reconciler
 from pycri.service.recovery import recover
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
+from pycri.store.container import ContainerStore
+from pycri.store.names import NameIndex
+from pycri.store.sandbox import SandboxStore
 
 log = logging.getLogger(__name__)
+
+
+def build_runtime(
+    *, config: Config, client: ContainerdClient, health: ContainerdHealth, images: ImageStore
+) -> RuntimeContext:
+    """Every part of the runtime, wired once, in dependency order (no field is set later).
+
+    The exit path: monitors wait on containerd and submit to the dispatcher, which runs the
+    exit handler; the handler records into the stores and publishes through the event
+    publisher. Nothing here starts a task: ``Daemon.start`` does, in its order.
+    """
+    paths = Paths(root=Path(config.root), state=Path(config.state))
+    metrics = Metrics()
+    sandboxes, containers = SandboxStore(), ContainerStore()
+    events = ContainerEventPublisher(
+        sandboxes=sandboxes,
+        containers=containers,
+        images=images,
+        broadcaster=ContainerEventBroadcaster(),
+    )
+    faults = Faults(enabled=config.enable_fault_injection)
+    exits = ExitHandler(
+        containers=containers,
+        sandboxes=sandboxes,
+        tasks=client.tasks,
+        events=events,
+        faults=faults,
+        metrics=metrics,
+    )
+    dispatcher: EventDispatcher[Event] = EventDispatcher(
+        handler=exits.handle, on_failure=exits.failed, name="exits"
+    )
+    netns = NetNS(paths.netns_dir)
+    return RuntimeContext(
+        config=config,
+        paths=paths,
+        containerd=client,
+        health=health,
+        host_features=probe_host_features(),
+        images=images,
+        pulls=ImagePuller(client=client, config=config.registry, snapshotter=config.snapshotter),
+        network=PodNetwork(
+            conf_dir=Path(config.cni_conf_dir), bin_dirs=config.cni_bin_dirs, netns=netns
+        ),
+        netns=netns,
+        sandboxes=sandboxes,
+        containers=containers,
+        sandbox_names=NameIndex(),
+        container_names=NameIndex(),
+        monitors=ExitMonitors(waiter=client.tasks, submit=dispatcher.submit),
+        dispatcher=dispatcher,
+        events=events,
+        faults=faults,
+        metrics=metrics,
+    )
 
 
 class StateDirInUseError(RuntimeError):
     """Another pycri daemon runs with the same state dir."""
 
 
-def _lock_state_dir(state: Path) -> int:
-    fd = os.open(state / "pycri.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock_state_dir(lock_file: Path) -> int:
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise StateDirInUseError(
-            f"another pycri daemon is running with state dir {state}"
+            f"another pycri daemon is running with state dir {lock_file.parent}"
         ) from None
     return fd
 
@@ -66,57 +132,46 @@ class Daemon:
         self.images = ImageStore(
             self.client, snapshotter=config.snapshotter, pinned_refs=[config.sandbox_image]
         )
-        self.runtime = RuntimeContext(
-            config=config, containerd=self.client, health=self.health, images=self.images
+        self.runtime = rt = build_runtime(
+            config=config, client=self.client, health=self.health, images=self.images
         )
-        rt = self.runtime
-
-        async def handle(object_id: str, event: Event) -> None:
-            await handle_event(rt, object_id, event)
-
-        def failed(object_id: str, event: Event, err: BaseException) -> None:
-            step = getattr(err, "step", "timeout" if isinstance(err, TimeoutError) else "other")
-            rt.metrics.step_failed(step)
-
-        self.dispatcher: EventDispatcher[Event] = EventDispatcher(
-            handler=handle, on_failure=failed, name="exits"
+        reconciler = Reconciler(
+            containers=rt.containers,
+            sandboxes=rt.sandboxes,
+            tasks=self.client.tasks,
+            monitors=rt.monitors,
+            submit=rt.dispatcher.submit,
         )
-        rt.dispatcher = self.dispatcher
-        rt.monitors = ExitMonitors(client=self.client, submit=self.dispatcher.submit)
-
-        async def reconcile_now() -> None:
-            await reconcile(rt)
-
         self.events = EventStream(
             client=self.client,
-            submit_oom=self.dispatcher.submit,
+            submit_oom=rt.dispatcher.submit,
             image_changed=self.images.refresh,
-            reconcile=reconcile_now,
+            reconcile=reconciler.run,
         )
         self.metrics_server: MetricsServer | None = None
         if config.metrics_address:
             self.metrics_server = MetricsServer(rt.metrics, address=config.metrics_address)
-        self._register_metrics()
+        self._bind_metrics(rt.metrics)
         self.initialized = False
         self._lock_fd: int | None = None
         self.server = CRIServer(
             socket_path=Path(config.socket),
-            runtime_impls=bind(self.runtime, RUNTIME_RPCS),
-            image_impls=bind(self.runtime, IMAGE_RPCS),
+            runtime_impls=bind(rt, RUNTIME_RPCS),
+            image_impls=bind(rt, IMAGE_RPCS),
             is_ready=lambda: self.initialized,
         )
 
-    def _register_metrics(self) -> None:
-        rt, metrics = self.runtime, self.runtime.metrics
+    def _bind_metrics(self, metrics: Metrics) -> None:
+        rt = self.runtime
         readers = {
-            "pycri_backoff_queue_depth": lambda: self.dispatcher.stats().queued_events,
-            "pycri_backoff_ids": lambda: self.dispatcher.stats().ids_in_backoff,
-            "pycri_event_retries_total": lambda: sum(self.dispatcher.stats().retries.values()),
+            "pycri_backoff_queue_depth": lambda: rt.dispatcher.stats().queued_events,
+            "pycri_backoff_ids": lambda: rt.dispatcher.stats().ids_in_backoff,
+            "pycri_event_retries_total": lambda: sum(rt.dispatcher.stats().retries.values()),
             "pycri_exit_monitors": lambda: len(rt.monitors),
             "pycri_network_ready": lambda: float(rt.network.status()[0]),
             "pycri_cni_del_failures_total": lambda: rt.network.teardown_failures,
             "pycri_event_subscribers_dropped_total": (
-                lambda: rt.container_events.dropped_subscribers
+                lambda: rt.events.broadcaster.dropped_subscribers
             ),
             "pycri_containerd_reconnects_total": lambda: self.events.reconnects,
             "pycri_sandboxes": lambda: len(rt.sandboxes),
@@ -131,14 +186,14 @@ class Daemon:
         await asyncio.to_thread(prepare_socket, Path(self.config.socket))
         for path in (self.config.root, self.config.state):
             await asyncio.to_thread(Path(path).mkdir, parents=True, exist_ok=True)
-        self._lock_fd = await asyncio.to_thread(_lock_state_dir, Path(self.config.state))
+        self._lock_fd = await asyncio.to_thread(_lock_state_dir, self.runtime.paths.lock_file)
         if self.managed is not None:
             await self.managed.start()
         await self.client.ensure_namespace(timeout=10)
         await self.health.probe()
         self.health.start()
         await self.images.refresh_all()
-        self.dispatcher.start()
+        self.runtime.dispatcher.start()
         # Subscribe before recovery, so nothing emitted during recovery is lost.
         self.events.start()
         async with asyncio.timeout(10):
@@ -169,7 +224,7 @@ class Daemon:
         await self.runtime.pulls.close()
         await self.runtime.network.stop()
         await self.runtime.monitors.stop()
-        await self.dispatcher.stop()
+        await self.runtime.dispatcher.stop()
         for container in self.runtime.containers.all():
             if container.io is not None:  # keep the FIFOs: the containers live on
                 await container.io.detach()

@@ -27,6 +27,7 @@ from pycri.config import Config
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
 from pycri.net.netns import NetNS
+from pycri.paths import Paths
 from pycri.service import records
 
 ACTIVE_SNAPSHOT = 2  # containerd.services.snapshots.v1.Kind.ACTIVE
@@ -69,7 +70,8 @@ async def find_orphans(config: Config, client: ContainerdClient) -> list[Orphan]
     for snapshot in await client.snapshots.list(config.snapshotter):
         if snapshot.kind == ACTIVE_SNAPSHOT and snapshot.name not in record_ids:
             found.append(Orphan("snapshot", snapshot.name, f"parent {snapshot.parent}"))
-    netns_dir = Path(config.state) / "netns"
+    layout = Paths(root=Path(config.root), state=Path(config.state))
+    netns_dir = layout.netns_dir
     paths = [
         *(
             ("netns", p)
@@ -77,15 +79,9 @@ async def find_orphans(config: Config, client: ContainerdClient) -> list[Orphan]
                 lambda: list(netns_dir.iterdir()) if netns_dir.is_dir() else []
             )
         ),
-        *(
-            ("sandbox-dir", p)
-            for p in await asyncio.to_thread(_dirs, Path(config.root) / "sandboxes")
-        ),
-        *(
-            ("container-dir", p)
-            for p in await asyncio.to_thread(_dirs, Path(config.root) / "containers")
-        ),
-        *(("io-dir", p) for p in await asyncio.to_thread(_dirs, Path(config.state) / "containers")),
+        *(("sandbox-dir", p) for p in await asyncio.to_thread(_dirs, layout.sandboxes_dir)),
+        *(("container-dir", p) for p in await asyncio.to_thread(_dirs, layout.containers_dir)),
+        *(("io-dir", p) for p in await asyncio.to_thread(_dirs, layout.container_state_dir)),
     ]
     found += [Orphan(kind, str(path)) for kind, path in paths if path.name not in known]
     return found
@@ -106,7 +102,8 @@ async def remove_orphan(config: Config, client: ContainerdClient, orphan: Orphan
         elif orphan.kind == "snapshot":
             await client.snapshots.remove(config.snapshotter, orphan.ident)
         elif orphan.kind == "netns":
-            await NetNS(Path(config.state) / "netns").remove(Path(orphan.ident))
+            netns_dir = Paths(root=Path(config.root), state=Path(config.state)).netns_dir
+            await NetNS(netns_dir).remove(Path(orphan.ident))
         else:
             await asyncio.to_thread(shutil.rmtree, orphan.ident, True)
     except NotFoundError:

@@ -16,14 +16,14 @@ import pytest
 from bench import scenarios
 from bench.cri import CriClient
 from bench.daemons import rss_bytes
-from tests.integration.conftest import Daemon, import_test_images
+from tests.integration.helpers import Daemon, import_test_images
 
 
 @pytest.fixture(scope="module")
 async def bench_daemon() -> AsyncIterator[tuple[Daemon, CriClient]]:
-    from tests.integration.conftest import _short_tmp
+    from tests.integration.helpers import short_tmp
 
-    daemon = Daemon(base=_short_tmp("pycri-b-"), extra_args=["--enable-fault-injection"])
+    daemon = Daemon(base=short_tmp("pycri-b-"), extra_args=["--enable-fault-injection"])
     daemon.start()
     client = CriClient(socket=daemon.socket)
     try:

@@ -30,7 +30,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.conftest import CRI, Daemon, eventually, import_test_images
+from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
 from tests.integration.pods import container_config, pod_config
 
 DEBIAN_CNI = Path("/usr/lib/cni")

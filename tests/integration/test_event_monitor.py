@@ -17,7 +17,14 @@ from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
-from tests.integration.conftest import CRI, Daemon, _short_tmp, eventually, import_test_images
+from tests.integration.helpers import (
+    CRI,
+    Daemon,
+    containerd_of,
+    eventually,
+    import_test_images,
+    short_tmp,
+)
 from tests.integration.pods import container_config, pod_config
 
 
@@ -32,7 +39,7 @@ def fdaemon() -> Iterator[Daemon]:
     """A daemon with fault injection and metrics on."""
     port = _free_port()
     d = Daemon(
-        base=_short_tmp("pycri-f-"),
+        base=short_tmp("pycri-f-"),
         extra_args=["--enable-fault-injection", "--metrics-address", f"127.0.0.1:{port}"],
     )
     d.metrics_port = port  # type: ignore[attr-defined]
@@ -53,9 +60,8 @@ async def fcri(fdaemon: Daemon) -> AsyncIterator[CRI]:
 
 @pytest.fixture(scope="module")
 async def fctd(fdaemon: Daemon) -> AsyncIterator[ContainerdClient]:
-    client = ContainerdClient(str(fdaemon.containerd_socket))
-    yield client
-    await client.close()
+    async with containerd_of(fdaemon) as client:
+        yield client
 
 
 @pytest.fixture

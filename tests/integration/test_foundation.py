@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     CRI,
     PYCRI,
     REPO,
@@ -163,7 +163,7 @@ def test_check_reports_tools() -> None:
 
 def test_readme_run_command_serves_version_and_status(make_daemon: type[Daemon]) -> None:
     """The README's run command (set-up included) brings up a daemon that answers."""
-    from tests.integration.conftest import REPO
+    from tests.integration.helpers import REPO
 
     d = make_daemon()
     log = d.log_path.open("ab")

@@ -24,9 +24,9 @@ from pycri.images.importer import (
     ImageImportError,
     import_tarball,
 )
-from pycri.images.oci_build import BuiltImage, build_image, busybox_entries
 from pycri.images.store import ImageStore
-from tests.integration.conftest import (
+from pycri.testing.images import BuiltImage, build_image, busybox_entries
+from tests.integration.helpers import (
     BUSYBOX_REF,
     CRI,
     PAUSE_REF,
@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     BuiltTestImages,
     Daemon,
     build_small_image,
+    containerd_of,
     import_test_images,
 )
 
@@ -295,7 +296,7 @@ async def test_image_status_finds_an_image_imported_behind_its_back(
     ref = "docker.io/pycri-test/status:1"
     built = await build_small_image(tmp_path, ref=ref, user="1000:1000")
     assert not (await _status(cri, ref)).HasField("image")
-    async with _client(daemon) as client:
+    async with containerd_of(daemon) as client:
         await import_tarball(client, built.path)
     status = await _status(cri, "pycri-test/status:1")  # normalised
     image = status.image
@@ -323,7 +324,7 @@ async def test_image_status_finds_an_image_imported_behind_its_back(
 
 async def test_image_status_username_and_unknowns(daemon: Daemon, cri: CRI, tmp_path: Path) -> None:
     built = await build_small_image(tmp_path, ref="docker.io/pycri-test/named-user:1", user="app")
-    async with _client(daemon) as client:
+    async with containerd_of(daemon) as client:
         await import_tarball(client, built.path)
     image = (await _status(cri, "pycri-test/named-user:1")).image
     assert image.username == "app" and not image.HasField("uid")
@@ -363,7 +364,7 @@ async def test_list_images_and_pinned_sandbox_image(daemon: Daemon, cri: CRI) ->
 async def test_remove_image_removes_every_record(daemon: Daemon, cri: CRI, tmp_path: Path) -> None:
     ref = "docker.io/pycri-test/remove:1"
     built = await build_small_image(tmp_path, ref=ref)
-    async with _client(daemon) as client:
+    async with containerd_of(daemon) as client:
         await import_tarball(client, built.path, extra_names=["pycri-test/remove:2"])
         assert (await _status(cri, ref)).image.id == built.image_id
         # Removing by one tag removes the image: every tag, digest and the ID record.
@@ -420,19 +421,6 @@ async def test_daemon_loads_images_at_start(
         assert {test_images.busybox.image_id, test_images.pause.image_id} <= {i.id for i in listed}
     finally:
         await cri.close()
-
-
-class _client:
-    """``async with _client(daemon) as client``: a containerd client on a daemon's containerd."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._client = ContainerdClient(str(daemon.containerd_socket))
-
-    async def __aenter__(self) -> ContainerdClient:
-        return self._client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._client.close()
 
 
 async def test_multi_platform_index_and_compressed_tarball(

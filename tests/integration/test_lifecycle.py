@@ -13,7 +13,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
-from tests.integration.conftest import CRI, Daemon, eventually, import_test_images
+from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
 from tests.integration.pods import container_config, pod_config
 
 CRI_LINE = re.compile(
@@ -24,13 +24,6 @@ CRI_LINE = re.compile(
 @pytest.fixture(scope="module")
 async def images_loaded(daemon: Daemon) -> None:
     await import_test_images(daemon.containerd_socket)
-
-
-@pytest.fixture(scope="module")
-async def ctd(daemon: Daemon) -> AsyncIterator[ContainerdClient]:
-    client = ContainerdClient(str(daemon.containerd_socket))
-    yield client
-    await client.close()
 
 
 @pytest.fixture

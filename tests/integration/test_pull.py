@@ -28,16 +28,17 @@ from pycri.errors import Unauthenticated
 from pycri.images import ingest, spec
 from pycri.images.auth import Credentials
 from pycri.images.document import DigestMismatchError
-from pycri.images.oci_build import BuiltImage, build_index
-from pycri.images.push import push_layout
 from pycri.images.registry import Registry
-from tests.integration.conftest import (
+from pycri.testing.images import BuiltImage, build_index
+from pycri.testing.push import push_layout
+from tests.integration.helpers import (
     CRI,
     BuiltTestImages,
     Daemon,
-    _short_tmp,
     build_small_image,
+    containerd_of,
     eventually,
+    short_tmp,
 )
 from tests.integration.pods import container_config, pod_config
 from tests.integration.registry import (
@@ -55,7 +56,7 @@ SNAPSHOTTER = "overlayfs"
 
 @pytest.fixture(scope="module")
 def registry_dir() -> Iterator[Path]:
-    base = _short_tmp("pycri-reg-")
+    base = short_tmp("pycri-reg-")
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
@@ -85,7 +86,7 @@ def _ca_file(registry: LocalRegistry) -> str:
 
 @pytest.fixture(scope="module")
 def pull_daemon(plain: LocalRegistry, secure: LocalRegistry) -> Iterator[Daemon]:
-    base = _short_tmp("pycri-p-")
+    base = short_tmp("pycri-p-")
     config = base / "pycri.toml"
     config.write_text(
         "[registry.mirrors]\n"
@@ -110,9 +111,8 @@ async def pcri(pull_daemon: Daemon) -> AsyncIterator[CRI]:
 
 @pytest.fixture(scope="module")
 async def ctd(pull_daemon: Daemon) -> AsyncIterator[ContainerdClient]:
-    client = ContainerdClient(str(pull_daemon.containerd_socket))
-    yield client
-    await client.close()
+    async with containerd_of(pull_daemon) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

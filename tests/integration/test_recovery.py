@@ -14,7 +14,7 @@ from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
-from tests.integration.conftest import CRI, Daemon, eventually, import_test_images
+from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
 from tests.integration.pods import container_config, pod_config
 
 WAIT_FOR_RELEASE = "read x < /shared/go; exit {code}"
@@ -342,7 +342,7 @@ async def test_orphans_listed_and_collected(node: Node, tmp_path: Path) -> None:
     import subprocess
 
     from pycri.net.netns import NetNS
-    from tests.integration.conftest import PYCRI
+    from tests.integration.helpers import PYCRI
 
     pod = await node.run_pod("kept", tmp_path)
     kept = await node.start(pod, container_config("kept", "sleep 3600"))

@@ -18,22 +18,7 @@ from hypothesis.stateful import (
 )
 
 from pycri.events.backoff import INITIAL_DELAY_S, MAX_DELAY_S, BackoffQueue
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.unit.fakes import FakeClock
 
 
 @pytest.fixture

@@ -17,19 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pycri.events.dispatcher import Disposition, EventDispatcher, Outcome
+from tests.unit.fakes import FakeClock
 
 T = TypeVar("T")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -73,11 +63,6 @@ def make(
     **options: object,
 ) -> EventDispatcher[str]:
     return EventDispatcher(handler=recorder, clock=clock, **options)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -12,29 +12,16 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from pycri.images.model import ImageConfig
-from pycri.oci.spec import (
-    ALL_CAPABILITIES,
-    DEFAULT_CAPABILITIES,
-    DEFAULT_MASKED_PATHS,
-    DEFAULT_NOFILE_LIMIT,
-    DEFAULT_READONLY_PATHS,
-    SANDBOX_OOM_SCORE_ADJ,
-    HostFeatures,
-    OciDevice,
-    ProcessUser,
-    capabilities_from_mask,
-    container_spec,
-    device_from_host,
-    linux_resources_to_oci,
-    merge_env,
-    probe_host_features,
-    process_args,
-    resolve_user,
-    sandbox_spec,
-    validate_log_path,
-    validate_mount,
-    with_linux_resources,
-)
+from pycri.oci.capabilities import ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilities_from_mask
+from pycri.oci.common import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+from pycri.oci.container_spec import container_spec
+from pycri.oci.devices import OciDevice, device_from_host
+from pycri.oci.host import HostFeatures, probe_host_features
+from pycri.oci.process import DEFAULT_NOFILE_LIMIT, merge_env, process_args
+from pycri.oci.resources import linux_resources_to_oci, with_linux_resources
+from pycri.oci.sandbox_spec import SANDBOX_OOM_SCORE_ADJ, sandbox_spec
+from pycri.oci.users import ProcessUser, resolve_user
+from pycri.oci.validation import validate_log_path, validate_mount
 
 NamespaceMode: TypeAlias = api_pb2.NamespaceMode.ValueType
 MountPropagation: TypeAlias = api_pb2.MountPropagation.ValueType

@@ -53,6 +53,9 @@ from github.com.containerd.containerd.api.types import (
     descriptor_pb2 as descriptor,
 )
 from github.com.containerd.containerd.api.types import (
+    metrics_pb2 as types_metrics,
+)
+from github.com.containerd.containerd.api.types import (
     mount_pb2 as mount,
 )
 from github.com.containerd.containerd.api.types.task import (
@@ -81,5 +84,6 @@ __all__ = [
     "task_events",
     "task_types",
     "tasks",
+    "types_metrics",
     "version",
 ]

@@ -9,24 +9,49 @@ Design:
 - Every gRPC error becomes a ``ContainerdError`` subclass (see ``errors``).
 - The client never retries: callers decide (the event monitor's backoff queue, the daemon's
   reconnect loop). grpc's channel reconnects by itself once containerd is back.
+- It is the only place that builds containerd's requests: callers pass plain values
+  (``types.py``: extensions, descriptors, OCI documents as dicts) and get typed messages
+  or decoded values back (``Envelope``, ``TaskMetrics``), so no module outside this
+  package imports the generated API.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from pycri.containerd import api
-from pycri.containerd.errors import FailedPreconditionError, from_rpc_error
+from pycri.containerd.errors import AlreadyExistsError, FailedPreconditionError, from_rpc_error
+from pycri.containerd.types import (
+    PROCESS_TYPE_URL,
+    RESOURCES_TYPE_URL,
+    SPEC_TYPE_URL,
+    Descriptor,
+    Envelope,
+    ExitStatus,
+    Extension,
+    TaskInfo,
+    TaskMetrics,
+    decode_envelope,
+    decode_metrics,
+    json_any,
+    task_info,
+    timestamp_ns,
+)
 
 K8S_NAMESPACE = "k8s.io"
+# Typed messages callers receive and hand back without building them (never construct them
+# outside this package): a container record, a rootfs mount, a task's process record.
+ContainerRecord = api.containers.Container
+Mount = api.mount.Mount
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 Metadata = tuple[tuple[str, str], ...]
@@ -140,8 +165,6 @@ class ContainerdClient:
         )
 
     async def ensure_namespace(self, *, timeout: float | None = None) -> None:
-        from pycri.containerd.errors import AlreadyExistsError
-
         req = api.namespaces.CreateNamespaceRequest(
             namespace=api.namespaces.Namespace(name=self.namespace)
         )
@@ -191,7 +214,9 @@ class _Service:
 class _Containers(_Service):
     prefix = "/containerd.services.containers.v1.Containers"
 
-    async def get(self, container_id: str, *, timeout: float | None = None) -> Any:
+    async def get(
+        self, container_id: str, *, timeout: float | None = None
+    ) -> api.containers.Container:
         resp = await self._call(
             "Get",
             api.containers.GetContainerRequest(id=container_id),
@@ -202,7 +227,7 @@ class _Containers(_Service):
 
     async def list(
         self, filters: Sequence[str] = (), *, timeout: float | None = None
-    ) -> builtins.list[Any]:
+    ) -> builtins.list[api.containers.Container]:
         resp = await self._call(
             "List",
             api.containers.ListContainersRequest(filters=list(filters)),
@@ -212,26 +237,63 @@ class _Containers(_Service):
         return list(resp.containers)
 
     async def create(
-        self, container: Any, *, timeout: float | None = None, lease: str | None = None
-    ) -> Any:
+        self,
+        *,
+        container_id: str,
+        image: str,
+        labels: Mapping[str, str],
+        runtime: str,
+        spec: Mapping[str, Any],
+        snapshotter: str,
+        snapshot_key: str,
+        extensions: Mapping[str, Extension],
+        timeout: float | None = None,
+        lease: str | None = None,
+    ) -> api.containers.Container:
+        """A container record: the OCI spec, the rootfs snapshot's key, labels, extensions."""
+        record = api.containers.Container(
+            id=container_id,
+            image=image,
+            labels=dict(labels),
+            runtime=api.containers.Container.Runtime(name=runtime),
+            spec=json_any(SPEC_TYPE_URL, spec),
+            snapshotter=snapshotter,
+            snapshot_key=snapshot_key,
+            extensions=_extensions(extensions),
+        )
         resp = await self._call(
             "Create",
-            api.containers.CreateContainerRequest(container=container),
+            api.containers.CreateContainerRequest(container=record),
             api.containers.CreateContainerResponse,
             timeout=timeout,
             lease=lease,
         )
         return resp.container
 
-    async def update(
-        self, container: Any, paths: Sequence[str], *, timeout: float | None = None
-    ) -> Any:
-        from google.protobuf import field_mask_pb2
+    async def update_extensions(
+        self,
+        container_id: str,
+        extensions: Mapping[str, Extension],
+        *,
+        timeout: float | None = None,
+    ) -> api.containers.Container:
+        """Replace the record's extensions (the others of the record stay as they are)."""
+        record = api.containers.Container(id=container_id, extensions=_extensions(extensions))
+        return await self._update(record, ["extensions"], timeout=timeout)
 
+    async def update_spec(
+        self, container_id: str, spec: Mapping[str, Any], *, timeout: float | None = None
+    ) -> api.containers.Container:
+        record = api.containers.Container(id=container_id, spec=json_any(SPEC_TYPE_URL, spec))
+        return await self._update(record, ["spec"], timeout=timeout)
+
+    async def _update(
+        self, record: api.containers.Container, paths: Sequence[str], *, timeout: float | None
+    ) -> api.containers.Container:
         resp = await self._call(
             "Update",
             api.containers.UpdateContainerRequest(
-                container=container, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
+                container=record, update_mask=field_mask_pb2.FieldMask(paths=list(paths))
             ),
             api.containers.UpdateContainerResponse,
             timeout=timeout,
@@ -251,9 +313,31 @@ class _Tasks(_Service):
     prefix = "/containerd.services.tasks.v1.Tasks"
 
     async def create(
-        self, request: api.tasks.CreateTaskRequest, *, timeout: float | None = None
-    ) -> api.tasks.CreateTaskResponse:
-        return await self._call("Create", request, api.tasks.CreateTaskResponse, timeout=timeout)
+        self,
+        *,
+        container_id: str,
+        rootfs: Sequence[api.mount.Mount],
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Create the task of a container (its process not started yet); returns its pid."""
+        resp = await self._call(
+            "Create",
+            api.tasks.CreateTaskRequest(
+                container_id=container_id,
+                rootfs=list(rootfs),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                terminal=terminal,
+            ),
+            api.tasks.CreateTaskResponse,
+            timeout=timeout,
+        )
+        return int(resp.pid)
 
     async def start(
         self, container_id: str, exec_id: str = "", *, timeout: float | None = None
@@ -288,23 +372,25 @@ class _Tasks(_Service):
 
     async def get(
         self, container_id: str, exec_id: str = "", *, timeout: float | None = None
-    ) -> Any:
+    ) -> TaskInfo:
         resp = await self._call(
             "Get",
             api.tasks.GetRequest(container_id=container_id, exec_id=exec_id),
             api.tasks.GetResponse,
             timeout=timeout,
         )
-        return resp.process
+        return task_info(resp.process)
 
-    async def list(self, filter: str = "", *, timeout: float | None = None) -> builtins.list[Any]:
+    async def list(
+        self, filter: str = "", *, timeout: float | None = None
+    ) -> builtins.list[TaskInfo]:
         resp = await self._call(
             "List",
             api.tasks.ListTasksRequest(filter=filter),
             api.tasks.ListTasksResponse,
             timeout=timeout,
         )
-        return list(resp.tasks)
+        return [task_info(t) for t in resp.tasks]
 
     async def kill(
         self,
@@ -325,51 +411,101 @@ class _Tasks(_Service):
         )
 
     async def exec(
-        self, request: api.tasks.ExecProcessRequest, *, timeout: float | None = None
+        self,
+        *,
+        container_id: str,
+        exec_id: str,
+        process: Mapping[str, Any],
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        await self._call("Exec", request, empty_pb2.Empty, timeout=timeout)
+        """Add a process (an OCI process document) to a running task; started separately."""
+        await self._call(
+            "Exec",
+            api.tasks.ExecProcessRequest(
+                container_id=container_id,
+                exec_id=exec_id,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                terminal=terminal,
+                spec=json_any(PROCESS_TYPE_URL, process),
+            ),
+            empty_pb2.Empty,
+            timeout=timeout,
+        )
 
-    async def close_io(self, container_id: str, exec_id: str = "") -> None:
+    async def close_io(
+        self, container_id: str, exec_id: str = "", *, timeout: float | None = None
+    ) -> None:
         await self._call(
             "CloseIO",
             api.tasks.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True),
             empty_pb2.Empty,
+            timeout=timeout,
         )
 
-    async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+    async def resize_pty(
+        self,
+        container_id: str,
+        exec_id: str,
+        *,
+        width: int,
+        height: int,
+        timeout: float | None = None,
+    ) -> None:
         await self._call(
             "ResizePty",
             api.tasks.ResizePtyRequest(
                 container_id=container_id, exec_id=exec_id, width=width, height=height
             ),
             empty_pb2.Empty,
+            timeout=timeout,
         )
 
     async def wait(
         self, container_id: str, exec_id: str = "", *, timeout: float | None = None
-    ) -> api.tasks.WaitResponse:
+    ) -> ExitStatus:
         """Block until the process exits; no timeout by default (a long-running request)."""
-        return await self._call(
+        resp = await self._call(
             "Wait",
             api.tasks.WaitRequest(container_id=container_id, exec_id=exec_id),
             api.tasks.WaitResponse,
             timeout=timeout,
         )
+        return ExitStatus(
+            exit_status=int(resp.exit_status), exited_at_ns=timestamp_ns(resp.exited_at)
+        )
 
     async def metrics(
-        self, filters: Sequence[str], *, timeout: float | None = None
-    ) -> api.tasks.MetricsResponse:
-        return await self._call(
+        self, container_ids: Sequence[str], *, timeout: float | None = None
+    ) -> dict[str, TaskMetrics]:
+        """The cgroup counters of these tasks, by container ID (tasks not found are absent)."""
+        if not container_ids:
+            return {}
+        resp = await self._call(
             "Metrics",
-            api.tasks.MetricsRequest(filters=list(filters)),
+            api.tasks.MetricsRequest(filters=[f"id=={i}" for i in container_ids]),
             api.tasks.MetricsResponse,
             timeout=timeout,
         )
+        return {m.id: decode_metrics(m) for m in resp.metrics}
 
-    async def update(
-        self, request: api.tasks.UpdateTaskRequest, *, timeout: float | None = None
+    async def update_resources(
+        self, container_id: str, resources: Mapping[str, Any], *, timeout: float | None = None
     ) -> None:
-        await self._call("Update", request, empty_pb2.Empty, timeout=timeout)
+        """Apply OCI ``linux.resources`` to a running task's cgroup."""
+        await self._call(
+            "Update",
+            api.tasks.UpdateTaskRequest(
+                container_id=container_id, resources=json_any(RESOURCES_TYPE_URL, resources)
+            ),
+            empty_pb2.Empty,
+            timeout=timeout,
+        )
 
     async def pids(self, container_id: str, *, timeout: float | None = None) -> builtins.list[int]:
         resp = await self._call(
@@ -384,7 +520,7 @@ class _Tasks(_Service):
 class _Content(_Service):
     prefix = "/containerd.services.content.v1.Content"
 
-    async def info(self, digest: str, *, timeout: float | None = None) -> Any:
+    async def info(self, digest: str, *, timeout: float | None = None) -> api.content.Info:
         resp = await self._call(
             "Info",
             api.content.InfoRequest(digest=digest),
@@ -409,7 +545,7 @@ class _Content(_Service):
     async def abort(self, ref: str) -> None:
         await self._call("Abort", api.content.AbortRequest(ref=ref), empty_pb2.Empty)
 
-    async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[Any]:
+    async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[api.content.Status]:
         """Ingests in progress (or abandoned): the Status of every open write ref."""
         resp = await self._call(
             "ListStatuses",
@@ -527,10 +663,8 @@ class _Content(_Service):
         *,
         paths: Sequence[str] | None = None,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> api.content.Info:
         """Set labels on committed content; only ``labels.<key>`` of the given keys change."""
-        from google.protobuf import field_mask_pb2
-
         mask = list(paths) if paths is not None else [f"labels.{key}" for key in labels]
         resp = await self._call(
             "Update",
@@ -547,7 +681,7 @@ class _Content(_Service):
 class _Images(_Service):
     prefix = "/containerd.services.images.v1.Images"
 
-    async def get(self, name: str, *, timeout: float | None = None) -> Any:
+    async def get(self, name: str, *, timeout: float | None = None) -> api.images.Image:
         resp = await self._call(
             "Get",
             api.images.GetImageRequest(name=name),
@@ -558,7 +692,7 @@ class _Images(_Service):
 
     async def list(
         self, filters: Sequence[str] = (), *, timeout: float | None = None
-    ) -> builtins.list[Any]:
+    ) -> builtins.list[api.images.Image]:
         resp = await self._call(
             "List",
             api.images.ListImagesRequest(filters=list(filters)),
@@ -567,25 +701,36 @@ class _Images(_Service):
         )
         return list(resp.images)
 
-    async def create(self, image: Any, *, lease: str | None = None) -> Any:
+    async def create(
+        self,
+        *,
+        name: str,
+        target: Descriptor,
+        labels: Mapping[str, str],
+        lease: str | None = None,
+    ) -> api.images.Image:
         resp = await self._call(
             "Create",
-            api.images.CreateImageRequest(image=image),
+            api.images.CreateImageRequest(image=_image(name, target, labels)),
             api.images.CreateImageResponse,
             lease=lease,
         )
         return resp.image
 
     async def update(
-        self, image: Any, *, paths: Sequence[str] = (), lease: str | None = None
-    ) -> Any:
+        self,
+        *,
+        name: str,
+        target: Descriptor,
+        labels: Mapping[str, str],
+        paths: Sequence[str] = (),
+        lease: str | None = None,
+    ) -> api.images.Image:
         """Update an image record; an empty ``paths`` replaces labels and target."""
-        from google.protobuf import field_mask_pb2
-
         resp = await self._call(
             "Update",
             api.images.UpdateImageRequest(
-                image=image,
+                image=_image(name, target, labels),
                 update_mask=field_mask_pb2.FieldMask(paths=list(paths)) if paths else None,
             ),
             api.images.UpdateImageResponse,
@@ -610,7 +755,7 @@ class _Snapshots(_Service):
         *,
         labels: dict[str, str] | None = None,
         lease: str | None = None,
-    ) -> builtins.list[Any]:
+    ) -> builtins.list[api.mount.Mount]:
         resp = await self._call(
             "Prepare",
             api.snapshots.PrepareSnapshotRequest(
@@ -621,7 +766,7 @@ class _Snapshots(_Service):
         )
         return list(resp.mounts)
 
-    async def mounts(self, snapshotter: str, key: str) -> builtins.list[Any]:
+    async def mounts(self, snapshotter: str, key: str) -> builtins.list[api.mount.Mount]:
         resp = await self._call(
             "Mounts",
             api.snapshots.MountsRequest(snapshotter=snapshotter, key=key),
@@ -654,7 +799,7 @@ class _Snapshots(_Service):
             empty_pb2.Empty,
         )
 
-    async def stat(self, snapshotter: str, key: str) -> Any:
+    async def stat(self, snapshotter: str, key: str) -> api.snapshots.Info:
         resp = await self._call(
             "Stat",
             api.snapshots.StatSnapshotRequest(snapshotter=snapshotter, key=key),
@@ -662,8 +807,8 @@ class _Snapshots(_Service):
         )
         return resp.info
 
-    async def list(self, snapshotter: str) -> builtins.list[Any]:
-        infos: builtins.list[Any] = []
+    async def list(self, snapshotter: str) -> builtins.list[api.snapshots.Info]:
+        infos: builtins.list[api.snapshots.Info] = []
         async for part in self._client.server_stream(
             f"{self.prefix}/List",
             api.snapshots.ListSnapshotsRequest(snapshotter=snapshotter),
@@ -683,14 +828,18 @@ class _Snapshots(_Service):
 class _Diff(_Service):
     prefix = "/containerd.services.diff.v1.Diff"
 
-    async def apply(self, diff: Any, mounts: Sequence[Any], *, lease: str | None = None) -> Any:
+    async def apply(
+        self, diff: Descriptor, mounts: Sequence[api.mount.Mount], *, lease: str | None = None
+    ) -> Descriptor:
+        """Unpack the layer ``diff`` onto ``mounts``; returns the applied (uncompressed) one."""
         resp = await self._call(
             "Apply",
-            api.diff.ApplyRequest(diff=diff, mounts=list(mounts)),
+            api.diff.ApplyRequest(diff=_descriptor(diff), mounts=list(mounts)),
             api.diff.ApplyResponse,
             lease=lease,
         )
-        return resp.applied
+        applied = resp.applied
+        return Descriptor(media_type=applied.media_type, digest=applied.digest, size=applied.size)
 
 
 class _Leases(_Service):
@@ -709,7 +858,7 @@ class _Leases(_Service):
             "Delete", api.leases.DeleteRequest(id=lease_id, sync=sync), empty_pb2.Empty
         )
 
-    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Any]:
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[api.leases.Lease]:
         resp = await self._call(
             "List", api.leases.ListRequest(filters=list(filters)), api.leases.ListResponse
         )
@@ -729,10 +878,41 @@ class _Leases(_Service):
 class _Events(_Service):
     prefix = "/containerd.services.events.v1.Events"
 
-    def subscribe(self, filters: Sequence[str]) -> AsyncIterator[api.events.Envelope]:
-        """Stream of event envelopes; ends with a ContainerdError when the stream breaks."""
-        return self._client.server_stream(
+    async def subscribe(self, filters: Sequence[str]) -> AsyncIterator[Envelope | ValueError]:
+        """Decoded events; an undecodable one is yielded as its ``ValueError`` (never raised,
+        so one bad event cannot end the stream). Ends with a ContainerdError when the stream
+        breaks."""
+        async for raw in self._client.server_stream(
             f"{self.prefix}/Subscribe",
             api.events.SubscribeRequest(filters=list(filters)),
             api.events.Envelope,
-        )
+        ):
+            try:
+                yield decode_envelope(raw)
+            except ValueError as err:
+                yield err
+
+
+def _extensions(extensions: Mapping[str, Extension]) -> dict[str, any_pb2.Any]:
+    return {k: any_pb2.Any(type_url=e.type_url, value=e.value) for k, e in extensions.items()}
+
+
+def _descriptor(desc: Descriptor) -> api.descriptor.Descriptor:
+    return api.descriptor.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+
+
+def _image(name: str, target: Descriptor, labels: Mapping[str, str]) -> api.images.Image:
+    return api.images.Image(name=name, labels=dict(labels), target=_descriptor(target))
+
+
+def record_spec(record: api.containers.Container) -> dict[str, Any]:
+    """The OCI spec of a container record; ``ValueError`` if it is not a JSON object."""
+    spec = json.loads(record.spec.value)
+    if not isinstance(spec, dict):
+        raise ValueError("spec is not an object")
+    return spec
+
+
+def record_extension(record: api.containers.Container, name: str) -> bytes:
+    """The value of one extension of a record; ``KeyError`` when absent."""
+    return bytes(record.extensions[name].value)

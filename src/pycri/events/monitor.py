@@ -30,43 +30,47 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
-from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import ContainerdError, NotFoundError, is_connection_loss
+from pycri.containerd.types import ExitStatus
 from pycri.events.types import Kind, TaskExit
+from pycri.store.container import REASON_UNKNOWN, UNKNOWN_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_EXIT_CODE = 255
 RECONNECT_DELAY_INITIAL = 0.2
 RECONNECT_DELAY_MAX = 5.0
 
-Submit = Callable[[str, TaskExit], Awaitable[Any]]
+Submit = Callable[[str, TaskExit], Awaitable[object]]
 
 
-def timestamp_ns(ts: Any) -> int:
-    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
+class TaskWaiter(Protocol):
+    """containerd's Tasks.Wait (``ContainerdClient.tasks``; a fake in unit tests)."""
+
+    async def wait(
+        self, container_id: str, exec_id: str = "", *, timeout: float | None = None
+    ) -> ExitStatus: ...
 
 
 class ExitMonitors:
     """Owns the monitor tasks; ``submit`` hands exits to the event dispatcher."""
 
-    def __init__(self, *, client: ContainerdClient, submit: Submit) -> None:
-        self._client = client
+    def __init__(self, *, waiter: TaskWaiter, submit: Submit) -> None:
+        self._waiter = waiter
         self._submit = submit
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
-    async def issue_wait(self, object_id: str) -> asyncio.Task[Any]:
+    async def issue_wait(self, object_id: str) -> asyncio.Task[ExitStatus]:
         """Send Tasks.Wait now (before Start) and return the pending call."""
-        wait = asyncio.create_task(self._client.tasks.wait(object_id), name=f"wait-{object_id}")
+        wait = asyncio.create_task(self._waiter.wait(object_id), name=f"wait-{object_id}")
         # Let the call be sent before the caller goes on to Start the task.
         await asyncio.sleep(0)
         return wait
 
     def watch(
-        self, *, kind: Kind, object_id: str, pid: int, wait: asyncio.Task[Any] | None = None
+        self, *, kind: Kind, object_id: str, pid: int, wait: asyncio.Task[ExitStatus] | None = None
     ) -> None:
         """Start the monitor of one task (replacing any earlier one for that ID)."""
         if self._closed:
@@ -96,25 +100,25 @@ class ExitMonitors:
         return len(self._tasks)
 
     async def _wait_for_exit(
-        self, object_id: str, wait: asyncio.Task[Any] | None
+        self, object_id: str, wait: asyncio.Task[ExitStatus] | None
     ) -> tuple[int, int, str]:
         delay = RECONNECT_DELAY_INITIAL
         while True:
             if wait is None:
-                wait = asyncio.create_task(self._client.tasks.wait(object_id))
+                wait = asyncio.create_task(self._waiter.wait(object_id))
             try:
                 resp = await wait
-                return int(resp.exit_status), timestamp_ns(resp.exited_at), ""
+                return resp.exit_status, resp.exited_at_ns, ""
             except NotFoundError:
                 # The task is gone (deleted behind our back): the exit status is lost.
-                return UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown"
+                return UNKNOWN_EXIT_CODE, time.time_ns(), REASON_UNKNOWN
             except ContainerdError as err:
                 if not is_connection_loss(err):
                     log.warning(
                         "wait failed; recording unknown exit",
                         extra={"id": object_id, "error": str(err)},
                     )
-                    return UNKNOWN_EXIT_CODE, time.time_ns(), "Unknown"
+                    return UNKNOWN_EXIT_CODE, time.time_ns(), REASON_UNKNOWN
                 log.info(
                     "lost containerd while waiting; waiting again",
                     extra={"id": object_id, "delay_s": delay},
@@ -124,7 +128,7 @@ class ExitMonitors:
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
     async def _monitor(
-        self, *, kind: Kind, object_id: str, pid: int, wait: asyncio.Task[Any] | None
+        self, *, kind: Kind, object_id: str, pid: int, wait: asyncio.Task[ExitStatus] | None
     ) -> None:
         try:
             exit_status, exited_at, reason = await self._wait_for_exit(object_id, wait)

@@ -20,11 +20,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from pycri.containerd import api
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import ContainerdError
+from pycri.containerd.types import Envelope, ImageEvent, TaskOOMEvent
 from pycri.events.types import TaskOOM
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,11 @@ class EventStream:
                 first = False
                 delay = 0.2
                 async for envelope in stream:
+                    if isinstance(envelope, ValueError):
+                        log.warning(
+                            "dropped undecodable containerd event", extra={"error": str(envelope)}
+                        )
+                        continue
                     await self._dispatch(envelope)
                 log.warning("containerd event stream ended; subscribing again")
             except ContainerdError as err:
@@ -93,21 +97,19 @@ class EventStream:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESUBSCRIBE_DELAY_MAX)
 
-    async def _dispatch(self, envelope: api.events.Envelope) -> None:
+    async def _dispatch(self, envelope: Envelope) -> None:
         if envelope.namespace != self._client.namespace:
             return
+        event = envelope.event
         try:
-            if envelope.topic == "/tasks/oom":
-                oom = api.task_events.TaskOOM.FromString(envelope.event.value)
-                log.info("container OOM event", extra={"container_id": oom.container_id})
-                await self._submit_oom(oom.container_id, TaskOOM(container_id=oom.container_id))
-            elif envelope.topic.startswith("/images/"):
-                name = _image_event_name(envelope)
-                if name:
-                    await self._image_changed(name)
-        except Exception as err:  # a bad event must never stop the loop
+            if isinstance(event, TaskOOMEvent):
+                log.info("container OOM event", extra={"container_id": event.container_id})
+                await self._submit_oom(event.container_id, TaskOOM(container_id=event.container_id))
+            elif isinstance(event, ImageEvent) and event.name:
+                await self._image_changed(event.name)
+        except Exception as err:  # a failing handler must never stop the loop
             log.warning(
-                "dropped undecodable containerd event",
+                "containerd event handling failed",
                 extra={"topic": envelope.topic, "error": repr(err)},
             )
 
@@ -121,15 +123,3 @@ class EventStream:
         while True:
             await asyncio.sleep(self._safety_net_interval)
             await self._reconcile_safely()
-
-
-def _image_event_name(envelope: api.events.Envelope) -> str:
-    by_topic: dict[str, Any] = {
-        "/images/create": api.image_events.ImageCreate,
-        "/images/update": api.image_events.ImageUpdate,
-        "/images/delete": api.image_events.ImageDelete,
-    }
-    cls = by_topic.get(envelope.topic)
-    if cls is None:
-        return ""
-    return str(cls.FromString(envelope.event.value).name)

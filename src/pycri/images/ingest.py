@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pycri.containerd import api
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import (
     AlreadyExistsError,
@@ -56,6 +55,7 @@ from pycri.containerd.errors import (
     NotFoundError,
     UnavailableError,
 )
+from pycri.containerd.types import Descriptor
 from pycri.images import reference, spec
 from pycri.images.document import DigestMismatchError, ImageContentError
 
@@ -165,10 +165,8 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def pb_descriptor(desc: dict[str, Any]) -> Any:
-    return api.descriptor.Descriptor(
-        media_type=desc["mediaType"], digest=desc["digest"], size=desc["size"]
-    )
+def descriptor(desc: dict[str, Any]) -> Descriptor:
+    return Descriptor(media_type=desc["mediaType"], digest=desc["digest"], size=desc["size"])
 
 
 @contextlib.asynccontextmanager
@@ -307,9 +305,7 @@ class ImageWriter:
                 self.snapshotter, key, parent, lease=self.lease
             )
             try:
-                applied = await self.client.diff.apply(
-                    pb_descriptor(layer), mounts, lease=self.lease
-                )
+                applied = await self.client.diff.apply(descriptor(layer), mounts, lease=self.lease)
                 if applied.digest != diff_id:
                     raise DigestMismatchError(
                         f"layer {layer['digest']} unpacks to {applied.digest}, "
@@ -352,17 +348,17 @@ class ImageWriter:
             # Tags last: an image event (or lookup) that finds the image by its tag then
             # always finds its repo digest and ID records too, never a half-recorded image.
             for name in reversed(record_names):
-                record = api.images.Image(
-                    name=name,
-                    labels={LABEL_CRI_IMAGE: LABEL_CRI_IMAGE_MANAGED},
-                    target=pb_descriptor(image.target),
-                )
+                labels = {LABEL_CRI_IMAGE: LABEL_CRI_IMAGE_MANAGED}
+                target = descriptor(image.target)
                 try:
-                    await self.client.images.create(record)
+                    await self.client.images.create(name=name, target=target, labels=labels)
                     created.append(name)
                 except AlreadyExistsError:
                     await self.client.images.update(
-                        record, paths=("target", f"labels.{LABEL_CRI_IMAGE}")
+                        name=name,
+                        target=target,
+                        labels=labels,
+                        paths=("target", f"labels.{LABEL_CRI_IMAGE}"),
                     )
         except BaseException:
             for name in created:

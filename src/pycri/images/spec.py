@@ -1,7 +1,7 @@
 """What pycri needs of the OCI image and Docker schema 2 specs: media types, digests, chain IDs.
 
-Shared by the image builder (``oci_build``), the importer and the image store, so all three
-agree on how JSON is serialized, how digests are spelled and how chain IDs are derived.
+Shared by the image builder (``pycri.testing.images``), the importer and the image store, so
+all three agree on how JSON is serialized, how digests are spelled and how chain IDs are derived.
 
 - **Digests** are ``sha256:<64 lowercase hex>``; only sha256 is produced, and only sha256 is
   accepted where pycri computes a digest itself (other algorithms pass through containerd).

@@ -16,19 +16,26 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2
 
+from pycri.cgroups import cgroups_path
 from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.events.types import Kind
 from pycri.images.model import Image
-from pycri.oci import spec as oci
+from pycri.oci.container_spec import container_spec
+from pycri.oci.resources import linux_resources_to_oci
+from pycri.oci.users import ProcessUser, resolve_user
+from pycri.oci.validation import validate_log_path, validate_mount
 from pycri.service import records
-from pycri.service.cgroups import cgroups_path
+from pycri.service.container_events import CREATED
 from pycri.service.context import RuntimeContext
 from pycri.service.ids import new_id, now_ns
 from pycri.service.image_resolve import resolve_image
+from pycri.service.records import Mount
 from pycri.service.rollback import Rollback
 from pycri.service.sandbox_files import SandboxFiles
 from pycri.service.sandbox_run import current_oom_score_adj
@@ -47,14 +54,14 @@ def validate_container_config(config: api_pb2.ContainerConfig) -> None:
         raise InvalidArgument("container config must name an image")
     try:
         if config.log_path:
-            oci.validate_log_path(config.log_path)
+            validate_log_path(config.log_path)
         for mount in config.mounts:
-            oci.validate_mount(mount)
+            validate_mount(mount)
     except ValueError as err:
         raise InvalidArgument(str(err)) from None
 
 
-def _read_from_layers(mounts: list[Any], rel: str) -> str:
+def _read_from_layers(mounts: list[Mount], rel: str) -> str:
     """Read a file of the container's rootfs straight from the snapshot's layer dirs.
 
     An overlay mount lists its dirs top-most first (upperdir, then lowerdirs); a bind
@@ -80,14 +87,14 @@ def _read_from_layers(mounts: list[Any], rel: str) -> str:
 
 
 async def resolve_process_user(
-    rt: RuntimeContext, config: api_pb2.ContainerConfig, image: Image, mounts: list[Any]
-) -> oci.ProcessUser:
+    config: api_pb2.ContainerConfig, image: Image, mounts: list[Mount]
+) -> ProcessUser:
     security = config.linux.security_context
     passwd, group = await asyncio.to_thread(
         lambda: (_read_from_layers(mounts, "etc/passwd"), _read_from_layers(mounts, "etc/group"))
     )
     try:
-        return oci.resolve_user(
+        return resolve_user(
             image_user=image.config.user,
             run_as_user=security.run_as_user.value if security.HasField("run_as_user") else None,
             run_as_username=security.run_as_username,
@@ -134,14 +141,14 @@ async def create_container(
         )
 
         # The snapshot comes first: the user lookup reads /etc/passwd from its layers.
-        async def build_spec(mounts: list[Any]) -> dict[str, Any]:
-            user = await resolve_process_user(rt, config, image, mounts)
-            files = SandboxFiles(rt.sandbox_dir(sandbox.id))
+        async def build_spec(mounts: list[Mount]) -> dict[str, Any]:
+            user = await resolve_process_user(config, image, mounts)
+            files = SandboxFiles(rt.paths.sandbox_dir(sandbox.id))
             try:
                 # device_from_host stats host paths: off the loop
                 return await asyncio.to_thread(
                     functools.partial(
-                        oci.container_spec,
+                        container_spec,
                         container_id=container_id,
                         config=config,
                         sandbox_id=sandbox.id,
@@ -153,7 +160,7 @@ async def create_container(
                         hostname_path=str(files.hostname),
                         resolv_conf_path=str(files.resolv_conf),
                         hosts_path=str(files.hosts),
-                        cgroups_path=cgroups_path(sandbox_config, container_id),
+                        cgroups_path=cgroups_path(sandbox_config.linux.cgroup_parent, container_id),
                         current_oom_score_adj=current_oom_score_adj(),
                         host=rt.host_features,
                     )
@@ -164,7 +171,7 @@ async def create_container(
         await records.create_record(
             rt,
             object_id=container_id,
-            kind=records.KIND_CONTAINER,
+            kind=Kind.CONTAINER,
             image=image,
             spec=build_spec,
             metadata=metadata.encode(),
@@ -177,11 +184,11 @@ async def create_container(
         )
         status = ContainerStatus(
             created_at=created_at,
-            resources=oci.linux_resources_to_oci(config.linux.resources),
+            resources=linux_resources_to_oci(config.linux.resources),
         )
-        status_path = rt.container_status_path(container_id)
+        status_path = rt.paths.container_status(container_id)
         await checkpoint.write(status_path, status.persisted())
-        undo.push("remove container dir", lambda: _remove_dir(rt.container_dir(container_id)))
+        undo.push("remove container dir", lambda: _remove_dir(rt.paths.container_dir(container_id)))
         container = Container(metadata=metadata, status=status, status_path=status_path)
         rt.containers.add(container)
         undo.commit()
@@ -189,11 +196,9 @@ async def create_container(
         "container created",
         extra={"container_id": container_id, "container_name": name, "sandbox_id": sandbox.id},
     )
-    rt.emit_container_event(container_id, "CREATED")
+    rt.events.emit(container_id, CREATED)
     return api_pb2.CreateContainerResponse(container_id=container_id)
 
 
 async def _remove_dir(path: Path) -> None:
-    import shutil
-
     await asyncio.to_thread(shutil.rmtree, path, True)

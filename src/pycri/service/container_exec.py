@@ -18,7 +18,6 @@ from pathlib import Path
 from cri_api.v1 import api_pb2
 
 from pycri.cio.container_io import ExecIO
-from pycri.containerd import api
 from pycri.containerd.errors import NotFoundError
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from pycri.service import records
@@ -43,21 +42,19 @@ async def exec_sync(
     process["args"] = list(request.cmd)
     process["terminal"] = False
     exec_id = f"exec-{secrets.token_hex(8)}"
-    fifo_dir = rt.container_io_dir(container.id).parent / "exec" / exec_id
+    fifo_dir = rt.paths.exec_io_dir(container.id, exec_id)
     exec_io = await ExecIO.create(
         exec_id=exec_id, fifo_dir=str(fifo_dir), stdin=None, container_id=container.id
     )
     try:
         await client.tasks.exec(
-            api.tasks.ExecProcessRequest(
-                container_id=container.id,
-                exec_id=exec_id,
-                stdin=exec_io.paths.stdin,
-                stdout=exec_io.paths.stdout,
-                stderr=exec_io.paths.stderr,
-                terminal=False,
-                spec=records.json_any(records.PROCESS_TYPE_URL, process),
-            ),
+            container_id=container.id,
+            exec_id=exec_id,
+            process=process,
+            stdin=exec_io.paths.stdin,
+            stdout=exec_io.paths.stdout,
+            stderr=exec_io.paths.stderr,
+            terminal=False,
             timeout=30,
         )
         try:

@@ -1,7 +1,8 @@
 """RemoveContainer: force-stop if needed, then delete the containerd container, snapshot,
 files and checkpoint, and forget it. Idempotent: an unknown ID is a success.
 
-The ``removing`` flag fences a concurrent Start; a container being started is refused.
+The ``removing`` fence (``Container.begin_remove``) is set before anything else, so a
+concurrent Start is refused from then on; a container being started is refused.
 The status checkpoint goes last, so a crash midway leaves a container that recovery still
 knows and a repeated Remove finishes.
 """
@@ -14,8 +15,8 @@ import shutil
 
 from cri_api.v1 import api_pb2
 
-from pycri.errors import FailedPrecondition
 from pycri.service import records
+from pycri.service.container_events import DELETED
 from pycri.service.container_stop import stop_container
 from pycri.service.context import RuntimeContext
 from pycri.store.container import Container
@@ -24,28 +25,25 @@ log = logging.getLogger(__name__)
 
 
 async def remove_container(rt: RuntimeContext, container: Container) -> None:
-    if container.status.starting:
-        raise FailedPrecondition(f"container {container.id} is being started")
-    if container.status.removing:
+    if not await container.begin_remove():
         return  # another Remove is on it
-    await stop_container(rt, container, timeout=0)
-    container.set_transient(removing=True)
     try:
+        await stop_container(rt, container, timeout=0)
         await records.kill_and_delete_task(rt, container.id)
         await records.delete_record(rt, container.id)
         if container.io is not None:
             await container.io.close()
             container.io = None
-        await asyncio.to_thread(shutil.rmtree, rt.container_io_dir(container.id).parent, True)
-        await asyncio.to_thread(shutil.rmtree, rt.container_dir(container.id), True)
+        await asyncio.to_thread(shutil.rmtree, rt.paths.container_run_dir(container.id), True)
+        await asyncio.to_thread(shutil.rmtree, rt.paths.container_dir(container.id), True)
     except BaseException:
-        container.set_transient(removing=False)
+        await container.end_remove()
         raise
     rt.containers.remove(container.id)
     rt.container_names.release(container.metadata.name, container.id)
     rt.dispatcher.remove(container.id)
     rt.faults.forget(container.id)
-    rt.emit_container_event(container.id, "DELETED", sandbox_id=container.metadata.sandbox_id)
+    rt.events.emit(container.id, DELETED, sandbox_id=container.metadata.sandbox_id)
     log.info("container removed", extra={"container_id": container.id})
 
 

@@ -17,17 +17,13 @@ import logging
 from cri_api.v1 import api_pb2
 
 from pycri.cio.container_io import ContainerIO
-from pycri.containerd import api
 from pycri.errors import FailedPrecondition
 from pycri.events.types import Kind
 from pycri.service import records
+from pycri.service.container_events import STARTED
 from pycri.service.context import RuntimeContext
 from pycri.service.ids import now_ns
-from pycri.store.container import (
-    REASON_START_ERROR,
-    START_ERROR_EXIT_CODE,
-    Container,
-)
+from pycri.store.container import Container
 from pycri.store.sandbox import SandboxState
 
 log = logging.getLogger(__name__)
@@ -37,25 +33,15 @@ async def start_container(
     rt: RuntimeContext, request: api_pb2.StartContainerRequest
 ) -> api_pb2.StartContainerResponse:
     container = rt.containers.get(request.container_id)
-    status = container.status
-    if status.starting:
-        raise FailedPrecondition(f"container {container.id} is already being started")
-    if status.removing:
-        raise FailedPrecondition(f"container {container.id} is being removed")
-    if status.state != api_pb2.CONTAINER_CREATED:
-        raise FailedPrecondition(
-            f"container {container.id} is in state "
-            f"{api_pb2.ContainerState.Name(status.state)}, not CONTAINER_CREATED"
-        )
-    container.set_transient(starting=True)
+    await container.begin_start()
     try:
         await _start(rt, container)
     except BaseException as err:
         await _record_start_error(rt, container, err)
         raise
     finally:
-        container.set_transient(starting=False)
-    rt.emit_container_event(container.id, "STARTED")
+        await container.end_start()
+    rt.events.emit(container.id, STARTED)
     return api_pb2.StartContainerResponse()
 
 
@@ -69,7 +55,7 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
     client = rt.containerd
     io = await ContainerIO.create(
         container_id=container.id,
-        fifo_dir=str(rt.container_io_dir(container.id)),
+        fifo_dir=str(rt.paths.container_io_dir(container.id)),
         stdin=config.stdin,
         tty=config.tty,
         log_path=container.metadata.log_path,
@@ -78,14 +64,12 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
     container.io = io
     mounts = await client.snapshots.mounts(rt.config.snapshotter, container.id)
     await client.tasks.create(
-        api.tasks.CreateTaskRequest(
-            container_id=container.id,
-            rootfs=mounts,
-            stdin=io.paths.stdin,
-            stdout=io.paths.stdout,
-            stderr=io.paths.stderr,
-            terminal=io.paths.terminal,
-        ),
+        container_id=container.id,
+        rootfs=mounts,
+        stdin=io.paths.stdin,
+        stdout=io.paths.stdout,
+        stderr=io.paths.stderr,
+        terminal=io.paths.terminal,
         timeout=60,
     )
     wait = await rt.monitors.issue_wait(container.id)
@@ -93,7 +77,7 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
         # Taken before Start: the process cannot exit before it, so StartedAt ≤ FinishedAt.
         started_at = now_ns()
         pid = await client.tasks.start(container.id, timeout=60)
-        await container.update(lambda s: s.replace(pid=pid, started_at=started_at))
+        await container.record_started(pid=pid, started_at=started_at)
     except BaseException:
         wait.cancel()
         raise
@@ -114,12 +98,4 @@ async def _record_start_error(rt: RuntimeContext, container: Container, err: Bas
     if container.io is not None:
         await container.io.close()
         container.io = None
-    await container.update(
-        lambda s: s.replace(
-            pid=0,
-            finished_at=now_ns(),
-            exit_code=START_ERROR_EXIT_CODE,
-            reason=REASON_START_ERROR,
-            message=message,
-        )
-    )
+    await container.record_start_error(message=message, finished_at=now_ns())

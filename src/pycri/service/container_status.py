@@ -10,17 +10,17 @@ import json
 
 from cri_api.v1 import api_pb2
 
+from pycri.images.store import ImageStore
 from pycri.service.context import RuntimeContext
 from pycri.service.filters import labels_match
 from pycri.store.container import Container
 
 
-def _image_spec(rt: RuntimeContext, container: Container) -> tuple[api_pb2.ImageSpec, str]:
+def _image_spec(images: ImageStore, container: Container) -> tuple[api_pb2.ImageSpec, str]:
     """(image as the user named it, image_ref): kubelet wants a repo digest when known."""
     meta = container.metadata
     image_ref = meta.image_id
-    images = getattr(rt, "images", None)
-    image = images.find(meta.image_id) if images is not None else None
+    image = images.find(meta.image_id)
     if image is not None and image.repo_digests:
         image_ref = image.repo_digests[0]
     name = meta.image_name
@@ -29,11 +29,11 @@ def _image_spec(rt: RuntimeContext, container: Container) -> tuple[api_pb2.Image
     return api_pb2.ImageSpec(image=name, annotations=meta.config.image.annotations), image_ref
 
 
-def container_status_message(rt: RuntimeContext, container: Container) -> api_pb2.ContainerStatus:
+def container_status_message(images: ImageStore, container: Container) -> api_pb2.ContainerStatus:
     meta = container.metadata
     status = container.status
     state = status.state
-    image, image_ref = _image_spec(rt, container)
+    image, image_ref = _image_spec(images, container)
     message = api_pb2.ContainerStatus(
         id=meta.id,
         metadata=meta.config.metadata,
@@ -76,7 +76,9 @@ async def container_status(
     rt: RuntimeContext, request: api_pb2.ContainerStatusRequest
 ) -> api_pb2.ContainerStatusResponse:
     container = rt.containers.get(request.container_id)
-    response = api_pb2.ContainerStatusResponse(status=container_status_message(rt, container))
+    response = api_pb2.ContainerStatusResponse(
+        status=container_status_message(rt.images, container)
+    )
     if request.verbose:
         status = container.status
         response.info["info"] = json.dumps(
@@ -111,7 +113,7 @@ async def list_containers(
     for c in rt.containers.all():
         if not _matches(c, flt):
             continue
-        image, image_ref = _image_spec(rt, c)
+        image, image_ref = _image_spec(rt.images, c)
         items.append(
             api_pb2.Container(
                 id=c.id,

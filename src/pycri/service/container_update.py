@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from cri_api.v1 import api_pb2
 
-from pycri.containerd import api
 from pycri.containerd.errors import NotFoundError
 from pycri.errors import FailedPrecondition, InvalidArgument
-from pycri.oci import spec as oci
+from pycri.oci.resources import linux_resources_to_oci, with_linux_resources
 from pycri.service import records
 from pycri.service.context import RuntimeContext
 
@@ -26,25 +25,18 @@ async def update_container_resources(
     if not request.HasField("linux"):
         return api_pb2.UpdateContainerResourcesResponse()
     try:
-        resources = oci.linux_resources_to_oci(request.linux, host=rt.host_features)
+        resources = linux_resources_to_oci(request.linux, host=rt.host_features)
         record = await rt.containerd.containers.get(container.id, timeout=30)
-        spec = oci.with_linux_resources(
+        spec = with_linux_resources(
             records.record_spec(record), request.linux, host=rt.host_features
         )
     except ValueError as err:
         raise InvalidArgument(f"resources: {err}") from None
-    record.spec.CopyFrom(records.json_any(records.SPEC_TYPE_URL, spec))
-    await rt.containerd.containers.update(record, ["spec"], timeout=30)
+    await rt.containerd.containers.update_spec(container.id, spec, timeout=30)
     if container.status.state == api_pb2.CONTAINER_RUNNING:
         try:
-            await rt.containerd.tasks.update(
-                api.tasks.UpdateTaskRequest(
-                    container_id=container.id,
-                    resources=records.json_any(records.RESOURCES_TYPE_URL, resources),
-                ),
-                timeout=30,
-            )
+            await rt.containerd.tasks.update_resources(container.id, resources, timeout=30)
         except NotFoundError:
             pass  # exited meanwhile: the spec change is what counts
-    await container.update(lambda s: s.replace(resources=resources))
+    await container.set_resources(resources)
     return api_pb2.UpdateContainerResourcesResponse()

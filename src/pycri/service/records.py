@@ -13,10 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import any_pb2
-
-from pycri.containerd import api
+from pycri.containerd import client as containerd_client
+from pycri.containerd.client import record_extension
 from pycri.containerd.errors import ContainerdError, NotFoundError
+from pycri.containerd.types import Extension
+from pycri.events.types import Kind
 
 if TYPE_CHECKING:
     from pycri.images.model import Image
@@ -26,71 +27,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LEASE_EXPIRY_S = 3600
 
-KIND_LABEL = "io.pycri.kind"
-KIND_SANDBOX = "sandbox"
-KIND_CONTAINER = "container"
+KIND_LABEL = "io.pycri.kind"  # its value: a ``Kind`` ("sandbox" or "container")
 SANDBOX_ID_LABEL = "io.pycri.sandbox-id"
 METADATA_EXTENSION = "io.pycri.metadata"
-SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 METADATA_TYPE_URL = "pycri.io/metadata/v1"
 
-
-def json_any(type_url: str, document: Any) -> any_pb2.Any:
-    return any_pb2.Any(type_url=type_url, value=json.dumps(document).encode())
-
-
-def new_record(
-    *,
-    object_id: str,
-    kind: str,
-    image: str,
-    spec: dict[str, Any],
-    metadata: bytes,
-    labels: dict[str, str],
-    runtime: str,
-    snapshotter: str,
-) -> Any:
-    return api.containers.Container(
-        id=object_id,
-        image=image,
-        labels={**labels, KIND_LABEL: kind},
-        runtime=api.containers.Container.Runtime(name=runtime),
-        spec=json_any(SPEC_TYPE_URL, spec),
-        snapshotter=snapshotter,
-        snapshot_key=object_id,
-        extensions={METADATA_EXTENSION: any_pb2.Any(type_url=METADATA_TYPE_URL, value=metadata)},
-    )
+Record = containerd_client.ContainerRecord
+Mount = containerd_client.Mount
 
 
-def record_metadata(record: Any) -> dict[str, Any]:
+def metadata_extension(metadata: bytes) -> dict[str, Extension]:
+    return {METADATA_EXTENSION: Extension(type_url=METADATA_TYPE_URL, value=metadata)}
+
+
+def record_metadata(record: Record) -> dict[str, Any]:
     """pycri's metadata document from a record; KeyError/ValueError if absent or corrupt."""
-    ext = record.extensions[METADATA_EXTENSION]
-    doc = json.loads(ext.value)
+    doc = json.loads(record_extension(record, METADATA_EXTENSION))
     if not isinstance(doc, dict):
         raise ValueError("metadata extension is not an object")
     return doc
 
 
-def record_spec(record: Any) -> dict[str, Any]:
-    spec = json.loads(record.spec.value)
-    if not isinstance(spec, dict):
-        raise ValueError("spec is not an object")
-    return spec
+record_spec = containerd_client.record_spec
 
 
 async def create_record(
     rt: RuntimeContext,
     *,
     object_id: str,
-    kind: str,
+    kind: Kind,
     image: Image,
-    spec: dict[str, Any] | Callable[[list[Any]], Awaitable[dict[str, Any]]],
+    spec: dict[str, Any] | Callable[[list[Mount]], Awaitable[dict[str, Any]]],
     metadata: bytes,
     labels: dict[str, str],
     undo: Rollback,
-) -> list[Any]:
+) -> list[Mount]:
     """Prepare the object's snapshot and create its containerd container record.
 
     Both happen under a short-lived lease, so containerd's GC cannot take the new snapshot
@@ -112,17 +83,18 @@ async def create_record(
         undo.push("remove snapshot", lambda: remove_snapshot(rt, object_id))
         if callable(spec):  # the spec may depend on the rootfs (user lookup)
             spec = await spec(mounts)
-        record = new_record(
-            object_id=object_id,
-            kind=kind,
+        await client.containers.create(
+            container_id=object_id,
             image=image.repo_tags[0] if image.repo_tags else image.id,
-            spec=spec,
-            metadata=metadata,
-            labels=labels,
+            labels={**labels, KIND_LABEL: kind.value},
             runtime=rt.config.runtime,
+            spec=spec,
             snapshotter=snapshotter,
+            snapshot_key=object_id,
+            extensions=metadata_extension(metadata),
+            lease=lease,
+            timeout=30,
         )
-        await client.containers.create(record, lease=lease, timeout=30)
         undo.push("delete containerd container", lambda: delete_record(rt, object_id))
     finally:
         await client.leases.delete(lease)
@@ -131,11 +103,9 @@ async def create_record(
 
 async def update_metadata(rt: RuntimeContext, object_id: str, metadata: bytes) -> None:
     """Rewrite the metadata extension of an existing record (e.g. a sandbox's IPs)."""
-    record = api.containers.Container(
-        id=object_id,
-        extensions={METADATA_EXTENSION: any_pb2.Any(type_url=METADATA_TYPE_URL, value=metadata)},
+    await rt.containerd.containers.update_extensions(
+        object_id, metadata_extension(metadata), timeout=30
     )
-    await rt.containerd.containers.update(record, ["extensions"], timeout=30)
 
 
 async def remove_snapshot(rt: RuntimeContext, object_id: str) -> None:

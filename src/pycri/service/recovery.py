@@ -34,19 +34,18 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from cri_api.v1 import api_pb2
 
 from pycri.cio.container_io import ContainerIO
 from pycri.cio.fifo import StdioPaths
-from pycri.containerd import api
 from pycri.containerd.errors import ContainerdError, NotFoundError
-from pycri.events.monitor import timestamp_ns
+from pycri.containerd.types import TaskInfo, TaskStatus
 from pycri.events.types import Kind, TaskExit
 from pycri.net.netns import is_pinned
 from pycri.service import records
 from pycri.service.context import RuntimeContext
+from pycri.service.records import Record
 from pycri.store import checkpoint
 from pycri.store.container import (
     REASON_UNKNOWN,
@@ -59,19 +58,18 @@ from pycri.store.sandbox import Sandbox, SandboxMetadata, SandboxState, SandboxS
 
 log = logging.getLogger(__name__)
 
-Status = api.task_types.Status
 LOAD_TIMEOUT = 10.0
 
 
-async def _task(rt: RuntimeContext, object_id: str) -> Any | None:
-    """The task's process record, None when there is no task; raises on other errors."""
+async def _task(rt: RuntimeContext, object_id: str) -> TaskInfo | None:
+    """The task's record, None when there is no task; raises on other errors."""
     try:
         return await rt.containerd.tasks.get(object_id, timeout=LOAD_TIMEOUT)
     except NotFoundError:
         return None
 
 
-async def _load_sandbox(rt: RuntimeContext, record: Any) -> Sandbox | None:
+async def _load_sandbox(rt: RuntimeContext, record: Record) -> Sandbox | None:
     try:
         metadata = SandboxMetadata.from_json(records.record_metadata(record))
     except (KeyError, ValueError) as err:
@@ -79,19 +77,31 @@ async def _load_sandbox(rt: RuntimeContext, record: Any) -> Sandbox | None:
             "skipping sandbox with unreadable metadata", extra={"id": record.id, "error": repr(err)}
         )
         return None
+    status_path = rt.paths.sandbox_status(metadata.id)
+    try:
+        persisted = await checkpoint.read(status_path)
+    except checkpoint.CheckpointError:
+        persisted = {}  # never written (the pod has not stopped yet) or lost: start afresh
     state, pid = SandboxState.UNKNOWN, 0
     try:
-        process = await _task(rt, metadata.id)
-        if process is None:
+        task = await _task(rt, metadata.id)
+        if task is None:
             state = SandboxState.NOTREADY
-        elif process.status == Status.RUNNING:
-            state, pid = SandboxState.READY, int(process.pid)
+        elif task.status is TaskStatus.RUNNING:
+            state, pid = SandboxState.READY, task.pid
         else:
             state = SandboxState.NOTREADY
+            if task.status is TaskStatus.STOPPED and not persisted.get("exited_at"):
+                # exited while pycri was down: keep what containerd knows of it
+                persisted |= {"exit_code": task.exit_status, "exited_at": task.exited_at_ns}
             await records.kill_and_delete_task(rt, metadata.id)
     except ContainerdError as err:
         log.error("sandbox task state unknown", extra={"id": metadata.id, "error": str(err)})
-    sandbox = Sandbox(metadata=metadata, status=SandboxStatus(state=state, pid=pid))
+    sandbox = Sandbox(
+        metadata=metadata,
+        status=SandboxStatus.from_persisted(persisted, state=state, pid=pid),
+        status_path=status_path,
+    )
     await _recover_netns(rt, sandbox)
     return sandbox
 
@@ -112,14 +122,13 @@ async def _recover_netns(rt: RuntimeContext, sandbox: Sandbox) -> None:
                 "could not re-pin network namespace",
                 extra={"sandbox_id": metadata.id, "error": str(err)},
             )
-    sandbox.netns_missing = True
-    if metadata.cni_network is None:
-        sandbox.network_torn_down = True  # nothing left to release
+    # without CNI there is nothing left to release
+    await sandbox.record_netns_missing(nothing_to_release=metadata.cni_network is None)
 
 
 async def _load_status(rt: RuntimeContext, metadata: ContainerMetadata) -> ContainerStatus | None:
     try:
-        doc = await checkpoint.read(rt.container_status_path(metadata.id))
+        doc = await checkpoint.read(rt.paths.container_status(metadata.id))
         return ContainerStatus.from_persisted(doc)
     except checkpoint.CheckpointError as err:
         log.error(
@@ -151,7 +160,9 @@ def _unknown_exit(status: ContainerStatus) -> ContainerStatus:
     )
 
 
-async def _load_container(rt: RuntimeContext, record: Any) -> tuple[Container, Any | None] | None:
+async def _load_container(
+    rt: RuntimeContext, record: Record
+) -> tuple[Container, TaskInfo | None] | None:
     """The container with its reconciled status, and its running/stopped task if any."""
     try:
         metadata = ContainerMetadata.from_json(records.record_metadata(record))
@@ -177,20 +188,20 @@ async def _load_container(rt: RuntimeContext, record: Any) -> tuple[Container, A
         if process is None:
             if lost or state == api_pb2.CONTAINER_RUNNING:
                 status = _unknown_exit(status)
-        elif process.status == Status.CREATED:
+        elif process.status is TaskStatus.CREATED:
             if state == api_pb2.CONTAINER_CREATED and not lost:
                 await records.kill_and_delete_task(rt, metadata.id)  # interrupted start
                 process = None
             else:
                 status = status.replace(unknown=True)
-        elif process.status == Status.RUNNING:
+        elif process.status is TaskStatus.RUNNING:
             if state == api_pb2.CONTAINER_EXITED:
                 status = status.replace(unknown=True)
             elif state != api_pb2.CONTAINER_RUNNING:
-                pid = int(process.pid)
+                pid = process.pid
                 started = await asyncio.to_thread(process_start_ns, pid)
                 status = status.replace(started_at=started or time.time_ns(), pid=pid)
-        elif process.status == Status.STOPPED:
+        elif process.status is TaskStatus.STOPPED:
             if not status.started_at:
                 status = status.replace(started_at=status.created_at)
         else:
@@ -198,13 +209,13 @@ async def _load_container(rt: RuntimeContext, record: Any) -> tuple[Container, A
     container = Container(
         metadata=metadata,
         status=ContainerStatus(),
-        status_path=rt.container_status_path(metadata.id),
+        status_path=rt.paths.container_status(metadata.id),
     )
-    await container.update(lambda _: status)  # re-written checkpoint, exited event set
+    await container.restore(status)  # re-written checkpoint, exited event set
     return container, process
 
 
-async def _attach_io(rt: RuntimeContext, container: Container, process: Any) -> None:
+async def _attach_io(rt: RuntimeContext, container: Container, process: TaskInfo) -> None:
     paths = StdioPaths(
         stdin=process.stdin,
         stdout=process.stdout,
@@ -229,7 +240,7 @@ async def recover(rt: RuntimeContext) -> None:
     started = time.monotonic()
     client = rt.containerd
     sandbox_records = await client.containers.list(
-        [f'labels."{records.KIND_LABEL}"=={records.KIND_SANDBOX}'], timeout=60
+        [f'labels."{records.KIND_LABEL}"=={Kind.SANDBOX.value}'], timeout=60
     )
     sandboxes = await asyncio.gather(*(_load_sandbox(rt, r) for r in sandbox_records))
     for sandbox in sandboxes:
@@ -238,7 +249,7 @@ async def recover(rt: RuntimeContext) -> None:
         rt.sandboxes.add(sandbox)
         rt.sandbox_names.reserve(sandbox.metadata.name, sandbox.id)
     container_records = await client.containers.list(
-        [f'labels."{records.KIND_LABEL}"=={records.KIND_CONTAINER}'], timeout=60
+        [f'labels."{records.KIND_LABEL}"=={Kind.CONTAINER.value}'], timeout=60
     )
     loaded = await asyncio.gather(*(_load_container(rt, r) for r in container_records))
     pending_exits: list[TaskExit] = []
@@ -250,24 +261,24 @@ async def recover(rt: RuntimeContext) -> None:
         rt.container_names.reserve(container.metadata.name, container.id)
         if process is None:
             continue
-        if process.status == Status.RUNNING:
+        if process.status is TaskStatus.RUNNING:
             await _attach_io(rt, container, process)
-            rt.monitors.watch(kind=Kind.CONTAINER, object_id=container.id, pid=int(process.pid))
-        elif process.status == Status.STOPPED:
+            rt.monitors.watch(kind=Kind.CONTAINER, object_id=container.id, pid=process.pid)
+        elif process.status is TaskStatus.STOPPED:
             pending_exits.append(
                 TaskExit(
                     kind=Kind.CONTAINER,
                     object_id=container.id,
-                    pid=int(process.pid),
-                    exit_status=int(process.exit_status),
-                    exited_at=timestamp_ns(process.exited_at),
+                    pid=process.pid,
+                    exit_status=process.exit_status,
+                    exited_at=process.exited_at_ns,
                 )
             )
     # Monitors start only now that every object is in its store.
     for sandbox in rt.sandboxes.all():
         if sandbox.status.state is SandboxState.READY:
             rt.monitors.watch(kind=Kind.SANDBOX, object_id=sandbox.id, pid=sandbox.status.pid)
-            if not sandbox.netns_missing:
+            if not sandbox.status.netns_missing:
                 rt.network.check_later(sandbox.metadata)  # CNI CHECK, logged only
     await asyncio.gather(*(rt.dispatcher.submit(e.object_id, e) for e in pending_exits))
     await asyncio.to_thread(_remove_orphan_dirs, rt)
@@ -286,9 +297,9 @@ def _remove_orphan_dirs(rt: RuntimeContext) -> None:
     sandbox_ids = {s.id for s in rt.sandboxes.all()}
     container_ids = {c.id for c in rt.containers.all()}
     roots = [
-        (Path(rt.config.root) / "sandboxes", sandbox_ids),
-        (Path(rt.config.root) / "containers", container_ids),
-        (Path(rt.config.state) / "containers", container_ids),
+        (rt.paths.sandboxes_dir, sandbox_ids),
+        (rt.paths.containers_dir, container_ids),
+        (rt.paths.container_state_dir, container_ids),
     ]
     for base, known in roots:
         if not base.is_dir():

@@ -15,6 +15,7 @@ import logging
 from cri_api.v1 import api_pb2
 
 from pycri.service import records
+from pycri.service.container_events import DELETED
 from pycri.service.container_remove import remove_container
 from pycri.service.context import RuntimeContext
 from pycri.service.sandbox_files import SandboxFiles, remove_sandbox_files
@@ -33,8 +34,8 @@ async def remove_pod_sandbox(
     await asyncio.gather(*(remove_container(rt, c) for c in rt.containers.in_sandbox(sandbox.id)))
     await records.kill_and_delete_task(rt, sandbox.id)
     await records.delete_record(rt, sandbox.id)
-    await remove_sandbox_files(SandboxFiles(rt.sandbox_dir(sandbox.id)))
-    rt.emit_container_event(sandbox.id, "DELETED")  # while its status can still be read
+    await remove_sandbox_files(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
+    rt.events.emit(sandbox.id, DELETED)  # while its status can still be read
     rt.sandboxes.remove(sandbox.id)
     rt.sandbox_names.release(sandbox.metadata.name, sandbox.id)
     rt.dispatcher.remove(sandbox.id)

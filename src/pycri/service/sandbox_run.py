@@ -30,13 +30,13 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2
 
-from pycri.containerd import api
+from pycri.cgroups import cgroups_path
 from pycri.errors import InvalidArgument, NotFound
 from pycri.events.types import Kind
 from pycri.net.cni import AddProgress
-from pycri.oci import spec as oci
+from pycri.oci.sandbox_spec import sandbox_spec
 from pycri.service import records
-from pycri.service.cgroups import cgroups_path
+from pycri.service.container_events import CREATED, STARTED
 from pycri.service.context import RuntimeContext
 from pycri.service.ids import new_id, now_ns
 from pycri.service.image_resolve import ensure_sandbox_image
@@ -85,14 +85,20 @@ async def run_pod_sandbox(
         if undo.halted and latest:
             _keep_for_cleanup(rt, latest[-1], reason=undo.halted)
         raise
-    rt.emit_container_event(sandbox_id, "CREATED")
-    rt.emit_container_event(sandbox_id, "STARTED")
+    rt.events.emit(sandbox_id, CREATED)
+    rt.events.emit(sandbox_id, STARTED)
     return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
 
 def _keep_for_cleanup(rt: RuntimeContext, metadata: SandboxMetadata, *, reason: str) -> None:
     """A rollback that could not release the network keeps the sandbox NOTREADY (name held)."""
-    rt.sandboxes.add(Sandbox(metadata=metadata, status=SandboxStatus(state=SandboxState.NOTREADY)))
+    rt.sandboxes.add(
+        Sandbox(
+            metadata=metadata,
+            status=SandboxStatus(state=SandboxState.NOTREADY),
+            status_path=rt.paths.sandbox_status(metadata.id),
+        )
+    )
     log.error(
         "sandbox kept for cleanup after a failed rollback; stop and remove it to finish",
         extra={"sandbox_id": metadata.id, "sandbox_name": metadata.name, "step": reason},
@@ -124,13 +130,13 @@ async def _run(
             netns_path = str(path)
             undo.push("remove netns", lambda: rt.netns.remove(path))
 
-        files = SandboxFiles(rt.sandbox_dir(sandbox_id))
+        files = SandboxFiles(rt.paths.sandbox_dir(sandbox_id))
         hostname = config.hostname or (os.uname().nodename if host_network else "")
         await write_sandbox_files(files, config=config, hostname=hostname)
         undo.push("remove sandbox files", lambda: remove_sandbox_files(files))
 
         try:
-            spec = oci.sandbox_spec(
+            spec = sandbox_spec(
                 sandbox_id=sandbox_id,
                 config=config,
                 image=image.config,
@@ -138,7 +144,7 @@ async def _run(
                 hostname_path=str(files.hostname),
                 resolv_conf_path=str(files.resolv_conf),
                 hosts_path=str(files.hosts),
-                cgroups_path=cgroups_path(config, sandbox_id),
+                cgroups_path=cgroups_path(config.linux.cgroup_parent, sandbox_id),
                 current_oom_score_adj=current_oom_score_adj(),
                 host=rt.host_features,
             )
@@ -157,7 +163,7 @@ async def _run(
         mounts = await records.create_record(
             rt,
             object_id=sandbox_id,
-            kind=records.KIND_SANDBOX,
+            kind=Kind.SANDBOX,
             image=image,
             spec=spec,
             metadata=metadata.encode(),
@@ -184,16 +190,16 @@ async def _run(
             latest.append(metadata)
             await records.update_metadata(rt, sandbox_id, metadata.encode())
 
-        await client.tasks.create(
-            api.tasks.CreateTaskRequest(container_id=sandbox_id, rootfs=mounts), timeout=60
-        )
+        await client.tasks.create(container_id=sandbox_id, rootfs=mounts, timeout=60)
         undo.push("delete task", lambda: records.kill_and_delete_task(rt, sandbox_id))
         wait = await rt.monitors.issue_wait(sandbox_id)
         undo.push("cancel wait", wait.cancel)
         pid = await client.tasks.start(sandbox_id, timeout=60)
 
         sandbox = Sandbox(
-            metadata=metadata, status=SandboxStatus(state=SandboxState.READY, pid=pid)
+            metadata=metadata,
+            status=SandboxStatus(state=SandboxState.READY, pid=pid),
+            status_path=rt.paths.sandbox_status(sandbox_id),
         )
         rt.sandboxes.add(sandbox)
         rt.monitors.watch(kind=Kind.SANDBOX, object_id=sandbox_id, pid=pid, wait=wait)

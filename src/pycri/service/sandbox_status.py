@@ -7,6 +7,7 @@ import json
 
 from cri_api.v1 import api_pb2
 
+from pycri.service.container_status import container_status_message
 from pycri.service.context import RuntimeContext
 from pycri.service.filters import labels_match
 from pycri.store.sandbox import Sandbox
@@ -14,7 +15,8 @@ from pycri.store.sandbox import Sandbox
 
 def _network(sandbox: Sandbox) -> api_pb2.PodSandboxNetworkStatus:
     meta = sandbox.metadata
-    if meta.host_network or sandbox.network_torn_down or sandbox.netns_missing:
+    status = sandbox.status
+    if meta.host_network or status.network_torn_down or status.netns_missing:
         return api_pb2.PodSandboxNetworkStatus()
     return api_pb2.PodSandboxNetworkStatus(
         ip=meta.ip,
@@ -63,9 +65,7 @@ async def pod_sandbox_status(
 
 
 def _container_statuses(rt: RuntimeContext, sandbox_id: str) -> list[api_pb2.ContainerStatus]:
-    from pycri.service.container_status import container_status_message
-
-    return [container_status_message(rt, c) for c in rt.containers.in_sandbox(sandbox_id)]
+    return [container_status_message(rt.images, c) for c in rt.containers.in_sandbox(sandbox_id)]
 
 
 def _matches(sandbox: Sandbox, flt: api_pb2.PodSandboxFilter) -> bool:

@@ -12,8 +12,8 @@ still finds the pod's interface, and the failure is counted on the sandbox. Afte
 ``GIVE_UP_AFTER`` failed calls the next Stop/Remove tries DEL once more, then logs what
 may leak and goes on (kubelet removes a sandbox only after its StopPodSandbox succeeded,
 so Stop must give up too), so a broken plugin never blocks removal forever. The count is
-in memory: a pycri restart grants a fresh set of attempts. The sandbox's ``stopping`` lock
-serializes all of it per sandbox; different sandboxes tear down in parallel.
+in the sandbox's status checkpoint, so it survives a restart of pycri. The sandbox's
+``stopping`` lock serializes all of it per sandbox; different sandboxes tear down in parallel.
 """
 
 from __future__ import annotations
@@ -63,15 +63,15 @@ async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
 
 async def teardown_network(rt: RuntimeContext, sandbox: Sandbox) -> None:
     """CNI DEL and netns removal, once; NetworkTeardownError if DEL keeps failing."""
-    if sandbox.network_torn_down:
+    if sandbox.status.network_torn_down:
         return
-    give_up = sandbox.network_teardown_failures >= GIVE_UP_AFTER
+    give_up = sandbox.status.network_teardown_failures >= GIVE_UP_AFTER
     try:
         await rt.network.teardown(sandbox.metadata, give_up=give_up)
     except NetworkTeardownError:
-        sandbox.network_teardown_failures += 1
+        await sandbox.record_teardown_failure()
         raise
-    sandbox.network_torn_down = True
+    await sandbox.record_network_torn_down()
 
 
 async def stop_pod_sandbox(

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from cri_api.v1 import api_pb2
 
-from pycri.containerd import api
 from pycri.containerd.errors import ContainerdError
+from pycri.containerd.types import TaskMetrics
 from pycri.service.context import RuntimeContext
 from pycri.service.filters import labels_match
 from pycri.store.container import Container
@@ -23,38 +22,20 @@ from pycri.store.sandbox import Sandbox
 _last_cpu: dict[str, tuple[int, int]] = {}  # id → (timestamp ns, cumulative usage ns)
 
 
-def _decode(metric: Any) -> tuple[int, int, int, int]:
-    """(cpu usage ns, memory usage, working set, rss) from a task metric."""
-    data = metric.data
-    if data.type_url.endswith("io.containerd.cgroups.v1.Metrics"):
-        m1 = api.cgroups_v1.Metrics.FromString(data.value)
-        usage = int(m1.memory.usage.usage)
-        inactive = int(m1.memory.total_inactive_file)
-        working = max(usage - inactive, 0)
-        return int(m1.cpu.usage.total), usage, working, int(m1.memory.total_rss)
-    if data.type_url.endswith("io.containerd.cgroups.v2.Metrics"):
-        m2 = api.cgroups_v2.Metrics.FromString(data.value)
-        usage = int(m2.memory.usage)
-        working = max(usage - int(m2.memory.inactive_file), 0)
-        return int(m2.cpu.usage_usec) * 1000, usage, working, int(m2.memory.anon)
-    return 0, 0, 0, 0
-
-
-async def _metrics(rt: RuntimeContext, ids: list[str]) -> dict[str, Any]:
-    if not ids:
-        return {}
+async def _metrics(rt: RuntimeContext, ids: list[str]) -> dict[str, TaskMetrics]:
     try:
-        resp = await rt.containerd.tasks.metrics([f"id=={i}" for i in ids], timeout=10)
+        return await rt.containerd.tasks.metrics(ids, timeout=10)
     except ContainerdError:
         return {}
-    return {m.id: m for m in resp.metrics}
 
 
-def _cpu_memory(object_id: str, metric: Any | None) -> tuple[api_pb2.CpuUsage, api_pb2.MemoryUsage]:
+def _cpu_memory(
+    object_id: str, metric: TaskMetrics | None
+) -> tuple[api_pb2.CpuUsage, api_pb2.MemoryUsage]:
     now = time.time_ns()
     if metric is None:
         return api_pb2.CpuUsage(timestamp=now), api_pb2.MemoryUsage(timestamp=now)
-    cpu_total, usage, working, rss = _decode(metric)
+    cpu_total = metric.cpu_usage_ns
     nano_cores = 0
     previous = _last_cpu.get(object_id)
     if previous is not None and now > previous[0]:
@@ -64,14 +45,14 @@ def _cpu_memory(object_id: str, metric: Any | None) -> tuple[api_pb2.CpuUsage, a
     cpu.usage_core_nano_seconds.value = cpu_total
     cpu.usage_nano_cores.value = nano_cores
     memory = api_pb2.MemoryUsage(timestamp=now)
-    memory.working_set_bytes.value = working
-    memory.usage_bytes.value = usage
-    memory.rss_bytes.value = rss
+    memory.working_set_bytes.value = metric.memory_working_set_bytes
+    memory.usage_bytes.value = metric.memory_usage_bytes
+    memory.rss_bytes.value = metric.memory_rss_bytes
     return cpu, memory
 
 
 def _container_stats(
-    rt: RuntimeContext, c: Container, metric: Any | None
+    rt: RuntimeContext, c: Container, metric: TaskMetrics | None
 ) -> api_pb2.ContainerStats:
     cpu, memory = _cpu_memory(c.id, metric)
     writable = api_pb2.FilesystemUsage(

@@ -20,7 +20,7 @@ async def status(rt: RuntimeContext, request: api_pb2.StatusRequest) -> api_pb2.
     if not rt.health.healthy:
         runtime.reason = "ContainerdUnreachable"
         runtime.message = rt.health.reason
-    network_ready, network_message = rt.network_status()
+    network_ready, network_message = rt.network.status()
     network = api_pb2.RuntimeCondition(type=NETWORK_READY, status=network_ready)
     if not network_ready:
         network.reason = "NetworkPluginNotReady"

@@ -1,20 +1,22 @@
 """Containers: immutable metadata, a checkpointed status, and the store that indexes them.
 
-State machine (derived from the status timestamps, never stored; reference §2.1):
+State machine (derived from the status, never stored; each arrow is a named transition
+below, and every transition is one ``Transactional.update``):
 
-     create ──► CREATED ──start──► RUNNING ──exit/stop──► EXITED ──remove──► (gone)
-                   │                                         ▲
-                   └────────────── start failed ─────────────┘
-     recovery can yield UNKNOWN until reconciled; UNKNOWN ──stop/exit──► EXITED
+     create ──► CREATED ──record_started──► RUNNING ──record_exit──► EXITED ──remove──► (gone)
+                   │                                                    ▲
+                   └──────────────── record_start_error ────────────────┘
+     recovery (restore) can yield UNKNOWN until reconciled; UNKNOWN ──record_exit──► EXITED
 
     unknown flag → UNKNOWN; finished_at → EXITED; started_at → RUNNING; created_at → CREATED.
 
-``starting`` and ``removing`` are transient, in-memory fences against a concurrent Start and
-Remove. ``Container.update`` is the single transactional way to change the status: the
-callback gets a copy, the result is checkpointed (temp + fsync + rename) and only then
-published; if the callback or the write fails, nothing changes. The per-container lock is
-held only around that (never across containerd calls), so an exit handler never waits
-behind a slow shim call made by an RPC (reference §6.1 item 11).
+Fences: ``begin_start``/``end_start`` and ``begin_remove``/``end_remove`` set the in-memory
+``starting`` and ``removing`` flags (never persisted). They check and set under the same
+lock as every persisted change, so a fence set during a checkpoint write is never lost and
+two Starts (or a Start and a Remove) can never both pass.
+
+The first recorded exit wins: ``record_exit`` on an EXITED container changes nothing but the
+UNKNOWN flag, so a retried or doubly reported exit is harmless.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cri_api.v1 import api_pb2
 from google.protobuf import json_format
 
-from pycri.store import checkpoint
-from pycri.store.index import IdIndex
+from pycri.errors import FailedPrecondition
+from pycri.store.store import Store
+from pycri.store.transaction import Transactional
+
+if TYPE_CHECKING:
+    from pycri.cio.container_io import ContainerIO
 
 UNKNOWN_EXIT_CODE = 255
 START_ERROR_EXIT_CODE = 128
@@ -153,86 +158,127 @@ class ContainerStatus:
         return dataclasses.replace(self, **changes)
 
 
-PersistHook = Callable[["Container", ContainerStatus], None]
-
-
-class Container:
-    """One container: metadata, status (changed only via ``update``), and runtime handles."""
+class Container(Transactional[ContainerStatus]):
+    """One container: metadata, status (changed only by its transitions), runtime handles."""
 
     def __init__(
-        self,
-        *,
-        metadata: ContainerMetadata,
-        status: ContainerStatus,
-        status_path: Path,
-        before_persist: PersistHook | None = None,
+        self, *, metadata: ContainerMetadata, status: ContainerStatus, status_path: Path
     ) -> None:
+        super().__init__(status, status_path=status_path)
         self.metadata = metadata
-        self._status = status
-        self.status_path = status_path
-        self._lock = asyncio.Lock()
         # Set once the exit is recorded (or the container is known EXITED at load):
         # StopContainer waits on it; it is never cleared.
         self.exited = asyncio.Event()
-        if status.state == api_pb2.CONTAINER_EXITED:
-            self.exited.set()
-        # The stop signal is sent once per container lifetime (reference §6.4 item 17).
+        self._published(status)
+        # The stop signal is sent once per container lifetime (kubelet's grace period must
+        # not restart with every repeated StopContainer).
         self.stop_signal_sent = False
-        self.io: Any = None  # pycri.cio.ContainerIO while a task exists
-        self._before_persist = before_persist
+        self.io: ContainerIO | None = None  # while a task exists
 
     @property
     def id(self) -> str:
         return self.metadata.id
 
-    @property
-    def status(self) -> ContainerStatus:
-        return self._status  # frozen: callers get an immutable snapshot
+    def _published(self, status: ContainerStatus) -> None:
+        if status.state == api_pb2.CONTAINER_EXITED:
+            self.exited.set()
 
-    async def update(
-        self, change: Callable[[ContainerStatus], ContainerStatus], *, persist: bool = True
-    ) -> ContainerStatus:
-        """Apply ``change`` transactionally: checkpoint first, then publish."""
-        async with self._lock:
-            new = change(self._status)
-            if persist and new.persisted() != self._status.persisted():
-                if self._before_persist is not None:
-                    self._before_persist(self, new)  # fault injection hook (tests)
-                await checkpoint.write(self.status_path, new.persisted())
-            self._status = new
-            if new.state == api_pb2.CONTAINER_EXITED:
-                self.exited.set()
-            return new
+    # ---------------------------------------------------------------- fences
 
-    def set_transient(self, **flags: bool) -> None:
-        """Change the in-memory fences (starting/removing); they are never persisted."""
-        self._status = self._status.replace(**flags)
+    async def begin_start(self) -> None:
+        """Fence a Start: FailedPrecondition unless CREATED and not starting or removing."""
+
+        def change(status: ContainerStatus) -> ContainerStatus:
+            if status.starting:
+                raise FailedPrecondition(f"container {self.id} is already being started")
+            if status.removing:
+                raise FailedPrecondition(f"container {self.id} is being removed")
+            if status.state != api_pb2.CONTAINER_CREATED:
+                raise FailedPrecondition(
+                    f"container {self.id} is in state "
+                    f"{api_pb2.ContainerState.Name(status.state)}, not CONTAINER_CREATED"
+                )
+            return status.replace(starting=True)
+
+        await self.update(change)
+
+    async def end_start(self) -> None:
+        await self.update(lambda s: s.replace(starting=False))
+
+    async def begin_remove(self) -> bool:
+        """Fence a Remove; False when another Remove holds it. FailedPrecondition while a
+        Start runs."""
+        began = False
+
+        def change(status: ContainerStatus) -> ContainerStatus:
+            nonlocal began
+            if status.starting:
+                raise FailedPrecondition(f"container {self.id} is being started")
+            if status.removing:
+                return status
+            began = True
+            return status.replace(removing=True)
+
+        await self.update(change)
+        return began
+
+    async def end_remove(self) -> None:
+        """The removal failed: lift the fence so a later Remove can finish it."""
+        await self.update(lambda s: s.replace(removing=False))
+
+    # ---------------------------------------------------------------- transitions
+
+    async def record_started(self, *, pid: int, started_at: int) -> ContainerStatus:
+        return await self.update(lambda s: s.replace(pid=pid, started_at=started_at))
+
+    async def record_exit(
+        self, *, exit_code: int, finished_at: int, reason: str = "", oom: bool = False
+    ) -> tuple[ContainerStatus, bool]:
+        """Record an exit; (the status, whether this call recorded it) — the first one wins."""
+        recorded = False
+
+        def change(status: ContainerStatus) -> ContainerStatus:
+            nonlocal recorded
+            if status.finished_at:
+                return status.replace(unknown=False)
+            recorded = True
+            return status.replace(
+                pid=0,
+                finished_at=finished_at,
+                exit_code=exit_code,
+                reason=REASON_OOM_KILLED if oom else (reason or status.reason),
+                unknown=False,
+            )
+
+        status = await self.update(change)
+        return status, recorded
+
+    async def record_start_error(self, *, message: str, finished_at: int) -> ContainerStatus:
+        return await self.update(
+            lambda s: s.replace(
+                pid=0,
+                finished_at=finished_at,
+                exit_code=START_ERROR_EXIT_CODE,
+                reason=REASON_START_ERROR,
+                message=message,
+            )
+        )
+
+    async def mark_oom(self) -> ContainerStatus:
+        """An OOM kill seen on the event stream: the reason, whenever the exit comes."""
+        return await self.update(lambda s: s.replace(reason=REASON_OOM_KILLED))
+
+    async def set_resources(self, resources: dict[str, Any]) -> ContainerStatus:
+        return await self.update(lambda s: s.replace(resources=resources))
+
+    async def restore(self, status: ContainerStatus) -> ContainerStatus:
+        """Recovery: the status reconciled with containerd (its checkpoint rewritten)."""
+        return await self.update(lambda _: status)
 
 
-class ContainerStore:
+class ContainerStore(Store[Container]):
     def __init__(self) -> None:
-        self._index: IdIndex[Container] = IdIndex("container")
-
-    def add(self, container: Container) -> None:
-        self._index.add(container.id, container)
-
-    def get(self, id_or_prefix: str) -> Container:
-        return self._index.get(id_or_prefix)
-
-    def find(self, id_or_prefix: str) -> Container | None:
-        return self._index.find(id_or_prefix)
-
-    def remove(self, container_id: str) -> None:
-        self._index.remove(container_id)
-
-    def all(self) -> list[Container]:
-        return list(self._index)
+        super().__init__("container")
 
     def in_sandbox(self, sandbox_id: str) -> list[Container]:
-        return [c for c in self._index if c.metadata.sandbox_id == sandbox_id]
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, object_id: object) -> bool:
-        return object_id in self._index
+        return self.where(lambda c: c.metadata.sandbox_id == sandbox_id)

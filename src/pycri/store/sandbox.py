@@ -1,14 +1,20 @@
-"""Pod sandboxes: immutable metadata, in-memory status, and the store that indexes them.
+"""Pod sandboxes: immutable metadata, a checkpointed status, and the store that indexes them.
 
-Sandbox states (reference §2.3):
+Sandbox states (each arrow a named transition, each transition one ``Transactional.update``):
 
-    RunPodSandbox ──► READY ──pause task exits / StopPodSandbox──► NOTREADY ──remove──► (gone)
+    RunPodSandbox ──► READY ──record_exit──► NOTREADY ──remove──► (gone)
+                   (pause task exited, or killed by StopPodSandbox)
     recovery: task running → READY; task gone or stopped → NOTREADY; lookup error → UNKNOWN
 
 The sandbox is added to the store only once its pause task runs (no INIT state is
-visible). Its status is not checkpointed: it is re-derived from the pause task at recovery.
-NOTREADY only says the pause task is not running; StopPodSandbox must still release the
-network (CRI contract).
+visible). NOTREADY only says the pause task is not running: StopPodSandbox must still
+release the network, and the status records that it did (``record_network_torn_down``) or
+how often it failed (``record_teardown_failure``), so Stop and Remove know what is left.
+
+What is persisted (``ROOT/sandboxes/<id>/status``): the exit and the network teardown
+progress. The state itself is not: it is derived from the pause task at recovery, which is
+the truth after any crash; the checkpoint lets a restarted pycri skip a finished CNI DEL and
+keep counting failed ones.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import dataclasses
 import enum
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2
 from google.protobuf import json_format
 
-from pycri.store.index import IdIndex
+from pycri.store.store import Store
+from pycri.store.transaction import Transactional
 
 
 class SandboxState(enum.Enum):
@@ -99,55 +107,87 @@ class SandboxStatus:
     pid: int = 0
     exit_code: int = 0
     exited_at: int = 0
+    network_torn_down: bool = False  # CNI DEL done and netns removed
+    network_teardown_failures: int = 0  # failed teardown calls (Remove gives up after a few)
+    # not persisted (found at recovery): the netns pin was gone, so the IP is no longer valid
+    netns_missing: bool = False
+
+    def persisted(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "exited_at": self.exited_at,
+            "network_torn_down": self.network_torn_down,
+            "network_teardown_failures": self.network_teardown_failures,
+        }
+
+    @classmethod
+    def from_persisted(cls, doc: dict[str, Any], *, state: SandboxState, pid: int) -> SandboxStatus:
+        return cls(
+            state=state,
+            pid=pid,
+            exit_code=int(doc.get("exit_code", 0)),
+            exited_at=int(doc.get("exited_at", 0)),
+            network_torn_down=bool(doc.get("network_torn_down", False)),
+            network_teardown_failures=int(doc.get("network_teardown_failures", 0)),
+        )
+
+    def replace(self, **changes: Any) -> SandboxStatus:
+        return dataclasses.replace(self, **changes)
 
 
-class Sandbox:
-    def __init__(self, *, metadata: SandboxMetadata, status: SandboxStatus) -> None:
+class Sandbox(Transactional[SandboxStatus]):
+    def __init__(
+        self, *, metadata: SandboxMetadata, status: SandboxStatus, status_path: Path | None
+    ) -> None:
+        super().__init__(status, status_path=status_path)
         self.metadata = metadata
-        self._status = status
-        self.exited = asyncio.Event()  # set once the pause task's exit is handled
-        if status.state is not SandboxState.READY:
-            self.exited.set()
-        self.network_torn_down = False  # CNI DEL done and netns removed
-        self.netns_missing = False  # its netns pin was gone at recovery (IP no longer valid)
-        self.network_teardown_failures = 0  # failed teardown calls (RemovePodSandbox gives up)
+        self.exited = asyncio.Event()  # set once the pause task's exit is recorded
+        self._published(status)
         self.stopping = asyncio.Lock()  # serializes Stop/Remove of one sandbox
 
     @property
     def id(self) -> str:
         return self.metadata.id
 
-    @property
-    def status(self) -> SandboxStatus:
-        return self._status
-
-    def set_status(self, status: SandboxStatus) -> None:
-        self._status = status
+    def _published(self, status: SandboxStatus) -> None:
         if status.state is not SandboxState.READY:
             self.exited.set()
 
+    async def record_exit(self, *, exit_code: int, exited_at: int) -> bool:
+        """The pause task exited (or was found gone): NOTREADY. True if this call changed it."""
+        recorded = False
 
-class SandboxStore:
+        def change(status: SandboxStatus) -> SandboxStatus:
+            nonlocal recorded
+            if status.state is not SandboxState.READY and not status.pid:
+                return status
+            recorded = True
+            return status.replace(
+                state=SandboxState.NOTREADY, pid=0, exit_code=exit_code, exited_at=exited_at
+            )
+
+        await self.update(change)
+        return recorded
+
+    async def record_network_torn_down(self) -> None:
+        await self.update(lambda s: s.replace(network_torn_down=True))
+
+    async def record_teardown_failure(self) -> int:
+        """One more failed network teardown; returns how many there were."""
+        status = await self.update(
+            lambda s: s.replace(network_teardown_failures=s.network_teardown_failures + 1)
+        )
+        return status.network_teardown_failures
+
+    async def record_netns_missing(self, *, nothing_to_release: bool) -> None:
+        """Recovery found the netns pin gone; without CNI there is nothing left to tear down."""
+        await self.update(
+            lambda s: s.replace(
+                netns_missing=True, network_torn_down=s.network_torn_down or nothing_to_release
+            )
+        )
+
+
+class SandboxStore(Store[Sandbox]):
     def __init__(self) -> None:
-        self._index: IdIndex[Sandbox] = IdIndex("sandbox")
-
-    def add(self, sandbox: Sandbox) -> None:
-        self._index.add(sandbox.id, sandbox)
-
-    def get(self, id_or_prefix: str) -> Sandbox:
-        return self._index.get(id_or_prefix)
-
-    def find(self, id_or_prefix: str) -> Sandbox | None:
-        return self._index.find(id_or_prefix)
-
-    def remove(self, sandbox_id: str) -> None:
-        self._index.remove(sandbox_id)
-
-    def all(self) -> list[Sandbox]:
-        return list(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, object_id: object) -> bool:
-        return object_id in self._index
+        super().__init__("sandbox")

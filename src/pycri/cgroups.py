@@ -1,22 +1,22 @@
 """cgroup paths of pods and containers (cgroupfs driver), and reading their counters.
 
 Each container's cgroup is ``<pod cgroup parent>/<container id>``; pods without a parent
-(crictl) go under ``/pycri``. The paths are derived, not stored, so the exit handler and
-stats can find them from the metadata alone.
+(crictl) go under ``/pycri``. The paths are derived, not stored, so exit handling and stats
+find them from the metadata alone. Reading a counter is a small file read on cgroupfs:
+callers on the event loop run it in a thread.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cri_api.v1 import api_pb2
-
 DEFAULT_PARENT = "/pycri"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroups_path(sandbox_config: api_pb2.PodSandboxConfig, object_id: str) -> str:
-    parent = sandbox_config.linux.cgroup_parent or DEFAULT_PARENT
+def cgroups_path(cgroup_parent: str, object_id: str) -> str:
+    """The cgroup (relative to each hierarchy's root) of a pod's pause or app container."""
+    parent = cgroup_parent or DEFAULT_PARENT
     if not parent.startswith("/"):
         parent = "/" + parent
     return f"{parent.rstrip('/')}/{object_id}"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pycri.images import spec
-from pycri.images.oci_build import (
+from pycri.testing.images import (
     BUSYBOX_BINARY,
     SOURCE_MTIME,
     build_busybox_image,

@@ -1,6 +1,6 @@
 """Pushing an OCI image-layout tarball to a registry (OCI distribution API, HTTP API v2).
 
-The tests fill their registries with it, and it moves an image built here (``oci_build``)
+The tests fill their registries with it, and it moves an image built by ``pycri.testing.images``
 to any registry. The push walks the image graph children first, so a registry never sees a
 document naming content it does not have yet (registries check, and refuse such a
 manifest):

@@ -1,0 +1,282 @@
+"""What the integration tests share: real pycri daemons in temp dirs, CRI clients, test images.
+
+Everything runs as root on the real kernel with Debian's containerd and runc. Each daemon
+gets its own dirs, socket and managed containerd, so tests never touch a system containerd
+or each other's state. The fixtures built on these are in ``conftest.py``; test modules
+import from here, never from ``conftest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from pycri.containerd.client import ContainerdClient
+from pycri.images.importer import import_tarball
+from pycri.testing.images import (
+    BuiltImage,
+    LayerEntry,
+    build_busybox_image,
+    build_image,
+    build_pause_image,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PYCRI = Path(sys.executable).parent / "pycri"
+# crictl v1.26.1 built from upstream, beside the clone on the project's machines and in CI;
+# a user's clone has none, and the tests driving it skip then.
+CRICTL = Path(os.environ.get("PYCRI_TEST_CRICTL", REPO.parent / "shared" / "bin" / "crictl"))
+
+
+def short_tmp(prefix: str) -> Path:
+    # unix socket paths are limited to 108 bytes: keep the dirs short
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def kill_shims(address: str) -> None:
+    """Kill shims left by tests (a failed test must not leak processes into the next run)."""
+    out = subprocess.run(["pgrep", "-af", "containerd-shim"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        pid, _, cmd = line.partition(" ")
+        if f"-address {address}" in cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def umount_below(base: Path) -> None:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    targets = [m.split()[1] for m in mounts if m.split()[1].startswith(str(base))]
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+@dataclass
+class Daemon:
+    """A running ``pycri serve`` subprocess with its own dirs and socket."""
+
+    base: Path
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "pycri.sock"
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "pycri.log"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.state / "containerd" / "containerd.sock"
+
+    def args(self) -> list[str]:
+        return [
+            str(PYCRI),
+            "serve",
+            "--socket",
+            str(self.socket),
+            "--root",
+            str(self.root),
+            "--state",
+            str(self.state),
+            "--log-level",
+            "debug",
+            *self.extra_args,
+        ]
+
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=log, cwd=REPO)
+        log.close()
+        if wait:
+            self.wait_ready(timeout=timeout)
+
+    def wait_ready(self, *, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pycri exited with {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists():
+                with grpc.insecure_channel(f"unix://{self.socket}") as ch:
+                    stub = api_pb2_grpc.RuntimeServiceStub(ch)
+                    try:
+                        stub.Version(api_pb2.VersionRequest(), timeout=1)
+                        return
+                    except grpc.RpcError:
+                        pass
+            time.sleep(0.1)
+        raise TimeoutError(f"pycri did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        # the managed containerd outlives a SIGKILLed pycri by design: stop it too
+        pid_file = self.state / "containerd" / "containerd.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        kill_shims(str(self.containerd_socket))
+        umount_below(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class CRI:
+    """grpc.aio stubs for one daemon socket."""
+
+    def __init__(self, socket: Path) -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix://{socket}")
+        self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.image = api_pb2_grpc.ImageServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def eventually(predicate, *, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it returns a truthy value; return that value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+# --- test images (no registry): busybox and pause, built once per process ---------------
+
+BUSYBOX_REF = "docker.io/library/busybox:latest"
+PAUSE_REF = "registry.k8s.io/pause:3.9"  # the daemon's default sandbox image
+
+
+@dataclass(frozen=True)
+class BuiltTestImages:
+    """Tarballs of the test images (OCI layouts), and a docker-archive variant of busybox."""
+
+    dir: Path
+    busybox: BuiltImage
+    pause: BuiltImage
+    busybox_docker: BuiltImage
+
+
+_built_test_images: dict[str, BuiltTestImages] = {}
+_built_test_images_lock = threading.Lock()
+
+
+def build_test_images() -> BuiltTestImages:
+    """Build the tarballs once per process (blocking); later calls return the same ones."""
+    with _built_test_images_lock:
+        if "images" not in _built_test_images:
+            base = short_tmp("pycri-img-")
+            atexit.register(shutil.rmtree, base, True)
+            _built_test_images["images"] = BuiltTestImages(
+                dir=base,
+                busybox=build_busybox_image(base / "busybox.oci.tar", ref=BUSYBOX_REF),
+                pause=build_pause_image(base / "pause.oci.tar", ref=PAUSE_REF),
+                busybox_docker=build_busybox_image(
+                    base / "busybox.docker.tar", ref=BUSYBOX_REF, archive_format="docker"
+                ),
+            )
+        return _built_test_images["images"]
+
+
+async def import_test_images(containerd_socket: Path) -> BuiltTestImages:
+    """Load busybox (``BUSYBOX_REF``) and pause (``PAUSE_REF``) into a containerd (k8s.io).
+
+    For pod and container tests: ``await import_test_images(daemon.containerd_socket)``.
+    Idempotent and cheap after the first time (blobs and snapshots are found, not rewritten).
+    A daemon finds the images on its next lookup (a miss re-reads containerd).
+    """
+    images = await asyncio.to_thread(build_test_images)
+    client = ContainerdClient(str(containerd_socket))
+    try:
+        await client.ensure_namespace()
+        for built in (images.busybox, images.pause):
+            await import_tarball(client, built.path)
+    finally:
+        await client.close()
+    return images
+
+
+async def build_small_image(
+    directory: Path,
+    *,
+    ref: str,
+    user: str = "",
+    archive_format: Any = "oci",
+    extra: bytes = b"",
+    **build_args: Any,
+) -> BuiltImage:
+    """A one-file image with unique content (so no blob of it is in containerd yet).
+
+    ``build_args`` go to ``pycri.testing.images.build_image`` (``arch``, ``media_types``, ``compress``).
+    """
+    token = secrets.token_hex(8)
+    entries = [
+        LayerEntry(path="etc", kind="dir", mode=0o755),
+        LayerEntry(path="etc/marker", kind="file", data=f"{token}\n".encode() + extra),
+    ]
+    fields: dict[str, Any] = {"cmd": ["/bin/true"], "user": user, "labels": {"token": token}}
+    return await asyncio.to_thread(
+        build_image,
+        directory / f"{token}.tar",
+        ref=ref,
+        entries=entries,
+        config_fields=fields,
+        archive_format=archive_format,
+        **build_args,
+    )
+
+
+@contextlib.asynccontextmanager
+async def containerd_of(daemon: Daemon) -> AsyncIterator[ContainerdClient]:
+    """A containerd client on a daemon's (managed) containerd, closed after the block."""
+    client = ContainerdClient(str(daemon.containerd_socket))
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,149 @@
+"""The layers point one way: every import of every module (function-level and TYPE_CHECKING
+ones included) is checked against the rules in docs/architecture.md."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = SRC / "pycri"
+GENERATED_API = ("github", "gogoproto")  # containerd's generated modules (build/gen)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file (absolute names)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            # "from pycri.service import records" imports the module pycri.service.records
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _layer(module: str) -> str:
+    """The unit the rules speak of: a subpackage of pycri, or a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _pycri_modules(imports: set[str], known: set[str]) -> set[str]:
+    return {name for name in imports if name in known}
+
+
+def test_the_rules_see_every_module_and_function_level_imports() -> None:
+    graph = _graph()
+    assert "pycri.service.exits" in graph and "pycri.events.monitor" in graph
+    # cli imports the daemon inside a function: such imports count too
+    assert "pycri.daemon" in graph["pycri.cli"]
+
+
+def test_events_and_store_never_import_service() -> None:
+    graph = _graph()
+    bad = [
+        (module, name)
+        for module, imports in graph.items()
+        if _layer(module) in ("events", "store")
+        for name in imports
+        if name.startswith("pycri.service")
+    ]
+    assert not bad, f"events/ or store/ import the RPC layer: {bad}"
+
+
+def test_store_never_imports_events() -> None:
+    graph = _graph()
+    bad = [
+        (module, name)
+        for module, imports in graph.items()
+        if _layer(module) == "store"
+        for name in imports
+        if name.startswith("pycri.events")
+    ]
+    assert not bad, f"store/ imports events/: {bad}"
+
+
+def test_only_containerd_touches_the_generated_api() -> None:
+    graph = _graph()
+    bad = [
+        (module, name)
+        for module, imports in graph.items()
+        if _layer(module) != "containerd"
+        for name in imports
+        if name.split(".")[0] in GENERATED_API or name == "pycri.containerd.api"
+    ]
+    assert not bad, f"containerd's wire types used outside containerd/: {bad}"
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph = _graph()
+    known = set(graph)
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module, imports in graph.items():
+        for name in _pycri_modules(imports, known):
+            if _layer(name) != _layer(module):
+                edges[_layer(module)].add(_layer(name))
+    # Tarjan's strongly connected components: any component of two or more is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in edges[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in list(edges):
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles between packages: {cycles}"
+
+
+def test_the_rpc_seam_depends_on_no_machinery() -> None:
+    graph = _graph()
+    allowed = {"errors", "containerd"}  # error classes it maps to statuses
+    used = {
+        _layer(name)
+        for module, imports in graph.items()
+        if _layer(module) == "api"
+        for name in _pycri_modules(imports, set(graph))
+    } - {"api"}
+    assert used <= allowed, f"api/ reaches into {sorted(used - allowed)}"
