@@ -29,7 +29,12 @@ from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from pycri.containerd import api
-from pycri.containerd.errors import AlreadyExistsError, FailedPreconditionError, from_rpc_error
+from pycri.containerd.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    UnavailableError,
+    from_rpc_error,
+)
 from pycri.containerd.types import (
     PROCESS_TYPE_URL,
     RESOURCES_TYPE_URL,
@@ -147,7 +152,7 @@ class ContainerdClient:
 
     def stream_stream(
         self, method: str, response_type: type[Resp], *, lease: str | None = None
-    ) -> Any:
+    ) -> grpc.aio.StreamStreamCall[Message, Resp]:
         """A raw bidirectional call (content writes); errors are the caller's to translate."""
         call = self._channel.stream_stream(
             method,
@@ -562,7 +567,9 @@ class _Content(_Service):
             digests.extend(i.digest for i in part.info)
         return digests
 
-    def write_stream(self, *, lease: str | None = None) -> Any:
+    def _write_stream(
+        self, *, lease: str | None = None
+    ) -> grpc.aio.StreamStreamCall[Message, api.content.WriteContentResponse]:
         return self._client.stream_stream(
             f"{self.prefix}/Write", api.content.WriteContentResponse, lease=lease
         )
@@ -594,12 +601,15 @@ class _Content(_Service):
         failed write is left for the caller to ``abort`` (or its lease to collect), or to
         resume. Returns the committed digest.
         """
-        call = self.write_stream(lease=lease)
+        call = self._write_stream(lease=lease)
         write_request = api.content.WriteContentRequest
 
-        async def exchange(request: Message) -> Any:
+        async def exchange(request: Message) -> api.content.WriteContentResponse:
             await call.write(request)
-            return await call.read()
+            response = await call.read()
+            if not isinstance(response, api.content.WriteContentResponse):  # grpc.aio.EOF
+                raise UnavailableError("containerd Write: the stream ended early")
+            return response
 
         try:
             status = await exchange(
