@@ -137,6 +137,42 @@ def test_no_import_cycle_between_packages() -> None:
     assert not cycles, f"import cycles between packages: {cycles}"
 
 
+# docs/architecture.md draws this stack; an import may only go down it (or stay in its layer).
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"daemon", "cli", "check", "gc"}),
+    frozenset({"api"}),
+    frozenset({"service"}),
+    frozenset({"events", "images", "net", "oci", "testing"}),
+    frozenset({"store"}),
+    frozenset({"cio", "containerd"}),
+    frozenset({"errors", "config", "paths", "cgroups", "metrics", "log", "pycri"}),
+)
+
+
+def _rank(layer: str) -> int:
+    return next(i for i, members in enumerate(LAYERS) if layer in members)
+
+
+def test_every_package_has_a_layer() -> None:
+    layers = {_layer(module) for module in _graph()}
+    placed = set().union(*LAYERS)
+    assert layers <= placed, (
+        f"place these in LAYERS (and in docs/architecture.md): {layers - placed}"
+    )
+
+
+def test_imports_only_go_down_the_stack() -> None:
+    graph = _graph()
+    known = set(graph)
+    upward = sorted(
+        (module, name)
+        for module, imports in graph.items()
+        for name in _pycri_modules(imports, known)
+        if _rank(_layer(name)) < _rank(_layer(module))
+    )
+    assert not upward, f"imports that climb the stack: {upward}"
+
+
 def test_the_rpc_seam_depends_on_no_machinery() -> None:
     graph = _graph()
     allowed = {"errors", "containerd"}  # error classes it maps to statuses
