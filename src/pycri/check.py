@@ -13,10 +13,10 @@ import asyncio
 import enum
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from pycri.api.server import socket_answers
 from pycri.config import Config
 from pycri.net import cni
 
@@ -65,21 +65,9 @@ def _binary(name: str, package: str) -> Finding:
     return missing(f"{name}: not found on PATH", f"apt-get install {package}")
 
 
-def _socket_answers(path: Path) -> bool:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
-    try:
-        sock.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
 def containerd_checks(config: Config) -> list[Finding]:
     found: list[Finding] = []
-    system_live = SYSTEM_CONTAINERD_SOCKET.exists() and _socket_answers(SYSTEM_CONTAINERD_SOCKET)
+    system_live = SYSTEM_CONTAINERD_SOCKET.exists() and socket_answers(SYSTEM_CONTAINERD_SOCKET)
     if config.managed_containerd:
         found.append(_binary(config.containerd_binary, "containerd"))
         found.append(
@@ -104,7 +92,7 @@ def containerd_checks(config: Config) -> list[Finding]:
                 "run its own",
             )
         )
-    elif not _socket_answers(address):
+    elif not socket_answers(address):
         found.append(missing(f"containerd socket {address}: nothing answers", "start containerd"))
     else:
         found.append(ok(f"containerd socket {address}: answers"))
@@ -221,7 +209,7 @@ def cni_checks(config: Config) -> list[Finding]:
 
 def daemon_checks(config: Config) -> list[Finding]:
     sock = Path(config.socket)
-    if sock.exists() and _socket_answers(sock):
+    if sock.exists() and socket_answers(sock):
         return [note(f"a pycri daemon answers on {sock}")]
     return [note(f"no daemon answers on {sock} (yet)", "start it: scripts/run.sh")]
 

@@ -59,39 +59,33 @@ def test_the_rules_see_every_module_and_function_level_imports() -> None:
     assert "pycri.daemon" in graph["pycri.cli"]
 
 
-def test_events_and_store_never_import_service() -> None:
-    graph = _graph()
-    bad = [
+def _offending(
+    layers: set[str], forbidden: tuple[str, ...], *, inverse: bool = False
+) -> list[tuple[str, str]]:
+    """(module, import) pairs of modules in ``layers`` (or outside them, ``inverse``) that
+    import a name starting with one of ``forbidden``."""
+    return [
         (module, name)
-        for module, imports in graph.items()
-        if _layer(module) in ("events", "store")
+        for module, imports in _graph().items()
+        if (_layer(module) in layers) != inverse
         for name in imports
-        if name.startswith("pycri.service")
+        if name.startswith(forbidden)
     ]
+
+
+def test_events_and_store_never_import_service() -> None:
+    bad = _offending({"events", "store"}, ("pycri.service",))
     assert not bad, f"events/ or store/ import the RPC layer: {bad}"
 
 
 def test_store_never_imports_events() -> None:
-    graph = _graph()
-    bad = [
-        (module, name)
-        for module, imports in graph.items()
-        if _layer(module) == "store"
-        for name in imports
-        if name.startswith("pycri.events")
-    ]
+    bad = _offending({"store"}, ("pycri.events",))
     assert not bad, f"store/ imports events/: {bad}"
 
 
 def test_only_containerd_touches_the_generated_api() -> None:
-    graph = _graph()
-    bad = [
-        (module, name)
-        for module, imports in graph.items()
-        if _layer(module) != "containerd"
-        for name in imports
-        if name.split(".")[0] in GENERATED_API or name == "pycri.containerd.api"
-    ]
+    forbidden = (*(f"{root}." for root in GENERATED_API), "pycri.containerd.api")
+    bad = _offending({"containerd"}, forbidden, inverse=True)
     assert not bad, f"containerd's wire types used outside containerd/: {bad}"
 
 

@@ -200,7 +200,8 @@ def build_handler(
     return grpc.method_handlers_generic_handler(service, handlers)
 
 
-def _socket_is_live(path: Path) -> bool:
+def socket_answers(path: Path) -> bool:
+    """True when a server accepts connections on the unix socket ``path``."""
     sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
     sock.settimeout(1.0)
     try:
@@ -216,7 +217,7 @@ def prepare_socket(path: Path) -> None:
     """Create the parent dir; remove a stale socket; refuse one that a server answers on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
-        if _socket_is_live(path):
+        if socket_answers(path):
             raise SocketInUseError(f"another server is listening on {path}")
         path.unlink()
 
