@@ -78,7 +78,7 @@ _AF_VSOCK = 40
 
 # personality(2) values that change nothing a container could abuse: the Linux personality, its
 # 32-bit variant (what ``linux32``/``setarch i686`` ask for), the 2.6-style uname some old build
-# systems need, "no address randomisation" for debuggers, and 0xffffffff, which only queries.
+# systems need, "no address randomisation" (setarch -R, debuggers), and 0xffffffff (a query).
 # Refused: READ_IMPLIES_EXEC, MMAP_PAGE_ZERO and the foreign-OS personalities.
 _PER_LINUX = 0x0000
 _PER_LINUX32 = 0x0008
