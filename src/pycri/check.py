@@ -19,6 +19,7 @@ from pathlib import Path
 from pycri.api.server import socket_answers
 from pycri.config import Config
 from pycri.net import cni
+from pycri.security.node import probe_node_security, runc_check_line
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 SYSTEM_CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
@@ -214,10 +215,19 @@ def daemon_checks(config: Config) -> list[Finding]:
     return [note(f"no daemon answers on {sock} (yet)", "start it: scripts/run.sh")]
 
 
+def security_checks() -> list[Finding]:
+    """seccomp filters and AppArmor in the kernel, and whether runc can apply filters."""
+    lines = [*probe_node_security().check_lines()]
+    if shutil.which("runc"):
+        lines.append(runc_check_line("runc"))
+    return [ok(what) if good else missing(what, fix) for good, what, fix in lines]
+
+
 def run_checks(config: Config) -> list[Finding]:
     found = [_binary("runc", "runc")]
     found += containerd_checks(config)
     found += kernel_checks()
+    found += security_checks()
     found += cni_checks(config)
     found += daemon_checks(config)
     if os.geteuid() != 0:

@@ -61,6 +61,9 @@ class Config:
     # address of the exec/attach/port-forward streaming server
     stream_address: str = "127.0.0.1"
     stream_port: int = 0
+    # seccomp profile of containers and pods that ask for none (runtime/default, unconfined,
+    # localhost/<absolute path>); empty: no filter, as the CRI says
+    seccomp_unset_profile: str = ""
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pycri.api.server import CRIServer, prepare_socket
-from pycri.config import Config
+from pycri.config import Config, ConfigError
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
 from pycri.containerd.supervisor import ManagedContainerd
@@ -34,6 +34,9 @@ from pycri.net.manager import PodNetwork
 from pycri.net.netns import NetNS
 from pycri.oci.host import probe_host_features
 from pycri.paths import Paths
+from pycri.security.apparmor import AppArmor
+from pycri.security.node import probe_node_security
+from pycri.security.seccomp import validate_unset_profile
 from pycri.service.container_events import ContainerEventPublisher
 from pycri.service.context import RuntimeContext
 from pycri.service.exits import ExitHandler
@@ -79,12 +82,20 @@ def build_runtime(
         handler=exits.handle, on_failure=exits.failed, name="exits"
     )
     netns = NetNS(paths.netns_dir)
+    security = probe_node_security()
+    try:
+        validate_unset_profile(config.seccomp_unset_profile)
+    except ValueError as err:
+        raise ConfigError(f"config key 'seccomp_unset_profile': {err}") from None
     return RuntimeContext(
         config=config,
         paths=paths,
         containerd=client,
         health=health,
         host_features=probe_host_features(),
+        security=security,
+        seccomp=security.seccomp_settings(unset_profile=config.seccomp_unset_profile),
+        apparmor=AppArmor(host=security.apparmor),
         images=images,
         pulls=ImagePuller(client=client, config=config.registry, snapshotter=config.snapshotter),
         network=PodNetwork(
@@ -210,6 +221,7 @@ class Daemon:
                 "socket": self.config.socket,
                 "containerd": self.config.containerd_socket,
                 "managed": self.managed is not None,
+                "security": self.runtime.security.summary(),
             },
         )
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.supervisor import ManagedContainerd
@@ -25,10 +27,12 @@ from tests.integration.helpers import (
     Daemon,
     build_test_images,
     containerd_of,
+    import_test_images,
     kill_shims,
     short_tmp,
     umount_below,
 )
+from tests.integration.pods import pod_config
 
 if os.geteuid() != 0:  # pragma: no cover - CI and developers run as root
     pytest.exit("integration tests need root (containers, mounts, namespaces)", returncode=1)
@@ -106,3 +110,25 @@ async def ctd(daemon: Daemon) -> AsyncIterator[ContainerdClient]:
     """A containerd client on the session daemon's containerd."""
     async with containerd_of(daemon) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def images_loaded(daemon: Daemon) -> None:
+    """busybox and pause in the session daemon's containerd."""
+    await import_test_images(daemon.containerd_socket)
+
+
+@pytest.fixture
+async def pod(
+    cri: CRI, images_loaded: None, tmp_path: Path
+) -> AsyncIterator[tuple[str, api_pb2.PodSandboxConfig]]:
+    """A pod on the session daemon (own log dir), stopped and removed after the test."""
+    config = pod_config(f"pod-{time.monotonic_ns()}", log_dir=tmp_path / "logs")
+    resp = await cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
+    yield resp.pod_sandbox_id, config
+    await cri.runtime.StopPodSandbox(
+        api_pb2.StopPodSandboxRequest(pod_sandbox_id=resp.pod_sandbox_id)
+    )
+    await cri.runtime.RemovePodSandbox(
+        api_pb2.RemovePodSandboxRequest(pod_sandbox_id=resp.pod_sandbox_id)
+    )

@@ -280,3 +280,38 @@ async def containerd_of(daemon: Daemon) -> AsyncIterator[ContainerdClient]:
         yield client
     finally:
         await client.close()
+
+
+ACTIVE_SNAPSHOT = 2  # containerd.services.snapshots.v1.Kind.ACTIVE
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a daemon has made, as containerd and the filesystem say: compared before and after
+    a refused request, it shows whether anything was left half-made."""
+
+    containers: frozenset[str]
+    tasks: frozenset[str]
+    active_snapshots: frozenset[str]
+    leases: frozenset[str]
+    files: frozenset[str]  # dirs under ROOT/{containers,sandboxes}, STATE/{containers,netns}
+
+
+async def leftovers(daemon: Daemon, client: ContainerdClient) -> Leftovers:
+    def entries() -> frozenset[str]:
+        dirs = (
+            daemon.root / "containers",
+            daemon.root / "sandboxes",
+            daemon.state / "containers",
+            daemon.state / "netns",
+        )
+        return frozenset(str(p) for d in dirs if d.is_dir() for p in d.iterdir())
+
+    snapshots = await client.snapshots.list("overlayfs")
+    return Leftovers(
+        containers=frozenset(c.id for c in await client.containers.list()),
+        tasks=frozenset(t.id for t in await client.tasks.list()),
+        active_snapshots=frozenset(s.name for s in snapshots if s.kind == ACTIVE_SNAPSHOT),
+        leases=frozenset(lease.id for lease in await client.leases.list()),
+        files=await asyncio.to_thread(entries),
+    )

@@ -1,11 +1,16 @@
-"""Builders for CRI pod and container configs used by the integration tests."""
+"""Builders for CRI pod and container configs used by the integration tests, and the few
+RPC sequences every module needs (create + start, status, wait for EXITED)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cri_api.v1 import api_pb2
+
+from tests.integration.helpers import CRI, eventually
 
 BUSYBOX = "docker.io/library/busybox:latest"
 
@@ -61,3 +66,43 @@ def container_config(
     if memory_limit:
         config.linux.resources.memory_limit_in_bytes = memory_limit
     return config
+
+
+async def start(
+    cri: CRI, pod_id: str, pod_cfg: api_pb2.PodSandboxConfig, config: api_pb2.ContainerConfig
+) -> str:
+    """CreateContainer then StartContainer; the container's ID."""
+    resp = await cri.runtime.CreateContainer(
+        api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_cfg)
+    )
+    await cri.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=resp.container_id))
+    return resp.container_id
+
+
+async def status(cri: CRI, container_id: str) -> api_pb2.ContainerStatus:
+    resp = await cri.runtime.ContainerStatus(
+        api_pb2.ContainerStatusRequest(container_id=container_id)
+    )
+    return resp.status
+
+
+async def wait_exited(cri: CRI, container_id: str, timeout: float = 15) -> api_pb2.ContainerStatus:
+    async def exited() -> api_pb2.ContainerStatus | None:
+        st = await status(cri, container_id)
+        return st if st.state == api_pb2.CONTAINER_EXITED else None
+
+    result: api_pb2.ContainerStatus = await eventually(exited, timeout=timeout)
+    return result
+
+
+@contextlib.asynccontextmanager
+async def running_pod(cri: CRI, config: api_pb2.PodSandboxConfig) -> AsyncIterator[str]:
+    """RunPodSandbox for the block; stopped and removed after it, whatever happened."""
+    pod_id = (
+        await cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
+    ).pod_sandbox_id
+    try:
+        yield pod_id
+    finally:
+        await cri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        await cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

@@ -25,7 +25,7 @@ from tests.integration.helpers import (
     import_test_images,
     short_tmp,
 )
-from tests.integration.pods import container_config, pod_config
+from tests.integration.pods import container_config, pod_config, start, status
 
 
 def _free_port() -> int:
@@ -84,26 +84,6 @@ def _with_shared(config: api_pb2.ContainerConfig, shared: Path) -> api_pb2.Conta
     return config
 
 
-async def _create_start(
-    cri: CRI, pod_id: str, pod_cfg: api_pb2.PodSandboxConfig, config: api_pb2.ContainerConfig
-) -> str:
-    cid = (
-        await cri.runtime.CreateContainer(
-            api_pb2.CreateContainerRequest(
-                pod_sandbox_id=pod_id, config=config, sandbox_config=pod_cfg
-            )
-        )
-    ).container_id
-    await cri.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
-    return cid
-
-
-async def _status(cri: CRI, cid: str) -> api_pb2.ContainerStatus:
-    return (
-        await cri.runtime.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid))
-    ).status
-
-
 def _release(fifo: Path) -> None:
     """Open the release FIFO for writing and close it: every waiting reader gets EOF."""
     fd = os.open(fifo, os.O_WRONLY)
@@ -127,7 +107,7 @@ async def test_hundred_exits_not_held_up_by_a_stuck_delete(
     pod_id, pod_cfg, shared = shared_pod
     fifo = shared / "go"
     os.mkfifo(fifo)
-    stuck = await _create_start(
+    stuck = await start(
         fcri,
         pod_id,
         pod_cfg,
@@ -147,7 +127,7 @@ async def test_hundred_exits_not_held_up_by_a_stuck_delete(
             cfg = _with_shared(
                 container_config(f"c{i}", WAIT_FOR_RELEASE.format(code=i % 50 + 1)), shared
             )
-            return await _create_start(fcri, pod_id, pod_cfg, cfg)
+            return await start(fcri, pod_id, pod_cfg, cfg)
 
     cids = await asyncio.gather(*(one(i) for i in range(100)))
     # every container must be blocked on the FIFO before the release
@@ -155,13 +135,13 @@ async def test_hundred_exits_not_held_up_by_a_stuck_delete(
     await asyncio.to_thread(_release, fifo)
 
     async def all_exited() -> list[api_pb2.ContainerStatus] | None:
-        sts = await asyncio.gather(*(_status(fcri, c) for c in [stuck, *cids]))
+        sts = await asyncio.gather(*(status(fcri, c) for c in [stuck, *cids]))
         return sts if all(s.state == api_pb2.CONTAINER_EXITED for s in sts) else None
 
     try:
         statuses = await eventually(all_exited, timeout=25)
     except AssertionError:
-        sts = await asyncio.gather(*(_status(fcri, c) for c in [stuck, *cids]))
+        sts = await asyncio.gather(*(status(fcri, c) for c in [stuck, *cids]))
         raise AssertionError(
             [
                 (i, s.state, s.exit_code)
@@ -192,7 +172,7 @@ async def test_failing_deletes_are_retried_with_exit_reported_first(
     fcri: CRI, fctd: ContainerdClient, shared_pod
 ) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
-    cid = await _create_start(
+    cid = await start(
         fcri,
         pod_id,
         pod_cfg,
@@ -200,7 +180,7 @@ async def test_failing_deletes_are_retried_with_exit_reported_first(
     )
 
     async def exited() -> api_pb2.ContainerStatus | None:
-        st = await _status(fcri, cid)
+        st = await status(fcri, cid)
         return st if st.state == api_pb2.CONTAINER_EXITED else None
 
     st = await eventually(exited, timeout=5)
@@ -215,7 +195,7 @@ async def test_failing_deletes_are_retried_with_exit_reported_first(
 
 async def test_failing_status_writes_keep_original_finished_at(fcri: CRI, shared_pod) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
-    cid = await _create_start(
+    cid = await start(
         fcri,
         pod_id,
         pod_cfg,
@@ -226,7 +206,7 @@ async def test_failing_status_writes_keep_original_finished_at(fcri: CRI, shared
     started = time.time_ns()
 
     async def exited() -> api_pb2.ContainerStatus | None:
-        st = await _status(fcri, cid)
+        st = await status(fcri, cid)
         return st if st.state == api_pb2.CONTAINER_EXITED else None
 
     st = await eventually(exited, timeout=15)
@@ -240,10 +220,10 @@ async def test_failing_status_writes_keep_original_finished_at(fcri: CRI, shared
 async def test_oom_killed_reported_on_first_exited_read(fcri: CRI, shared_pod) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
     cfg = container_config("hog", 'x=a; while :; do x="$x$x"; done', memory_limit=32 << 20)
-    cid = await _create_start(fcri, pod_id, pod_cfg, cfg)
+    cid = await start(fcri, pod_id, pod_cfg, cfg)
 
     async def exited() -> api_pb2.ContainerStatus | None:
-        st = await _status(fcri, cid)
+        st = await status(fcri, cid)
         return st if st.state == api_pb2.CONTAINER_EXITED else None
 
     st = await eventually(exited, timeout=30, interval=0.02)
@@ -252,7 +232,7 @@ async def test_oom_killed_reported_on_first_exited_read(fcri: CRI, shared_pod) -
 
 async def test_concurrent_stops_send_one_signal(fcri: CRI, shared_pod) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
-    cid = await _create_start(
+    cid = await start(
         fcri,
         pod_id,
         pod_cfg,
@@ -263,14 +243,14 @@ async def test_concurrent_stops_send_one_signal(fcri: CRI, shared_pod) -> None: 
         fcri.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=2)),
         fcri.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=2)),
     )
-    st = await _status(fcri, cid)
+    st = await status(fcri, cid)
     assert (st.state, st.exit_code) == (api_pb2.CONTAINER_EXITED, 137)
     assert Path(st.log_path).read_text().count("got-term") == 1
 
 
 async def test_stop_with_short_deadline_leaves_container_running(fcri: CRI, shared_pod) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
-    cid = await _create_start(
+    cid = await start(
         fcri,
         pod_id,
         pod_cfg,
@@ -281,9 +261,9 @@ async def test_stop_with_short_deadline_leaves_container_running(fcri: CRI, shar
             api_pb2.StopContainerRequest(container_id=cid, timeout=30), timeout=1
         )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert (await _status(fcri, cid)).state == api_pb2.CONTAINER_RUNNING
+    assert (await status(fcri, cid)).state == api_pb2.CONTAINER_RUNNING
     await fcri.runtime.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=1))
-    assert (await _status(fcri, cid)).state == api_pb2.CONTAINER_EXITED
+    assert (await status(fcri, cid)).state == api_pb2.CONTAINER_EXITED
 
 
 async def test_two_event_subscribers_see_every_event_in_order(fcri: CRI, tmp_path: Path) -> None:
@@ -304,7 +284,7 @@ async def test_two_event_subscribers_see_every_event_in_order(fcri: CRI, tmp_pat
     pod_id = (
         await fcri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
     ).pod_sandbox_id
-    cid = await _create_start(fcri, pod_id, config, container_config("e", "exit 0"))
+    cid = await start(fcri, pod_id, config, container_config("e", "exit 0"))
     await eventually(lambda: _exited(fcri, cid), timeout=10)
     await fcri.runtime.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     await fcri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
@@ -330,14 +310,14 @@ async def test_two_event_subscribers_see_every_event_in_order(fcri: CRI, tmp_pat
 
 
 async def _exited(cri: CRI, cid: str) -> bool:
-    return (await _status(cri, cid)).state == api_pb2.CONTAINER_EXITED
+    return (await status(cri, cid)).state == api_pb2.CONTAINER_EXITED
 
 
 async def test_reads_answer_while_containerd_is_stalled(
     fcri: CRI, fdaemon: Daemon, shared_pod
 ) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg, _ = shared_pod
-    cid = await _create_start(fcri, pod_id, pod_cfg, container_config("steady", "sleep 3600"))
+    cid = await start(fcri, pod_id, pod_cfg, container_config("steady", "sleep 3600"))
     pid = int((fdaemon.state / "containerd" / "containerd.pid").read_text())
     os.kill(pid, signal.SIGSTOP)  # every containerd call now hangs
     try:

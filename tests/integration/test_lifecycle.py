@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -13,57 +12,12 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
-from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
-from tests.integration.pods import container_config, pod_config
+from tests.integration.helpers import CRI, Daemon, eventually, leftovers
+from tests.integration.pods import container_config, pod_config, start, status, wait_exited
 
 CRI_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d) (stdout|stderr) (P|F) (.*)$"
 )
-
-
-@pytest.fixture(scope="module")
-async def images_loaded(daemon: Daemon) -> None:
-    await import_test_images(daemon.containerd_socket)
-
-
-@pytest.fixture
-async def pod(
-    cri: CRI, images_loaded: None, tmp_path: Path
-) -> AsyncIterator[tuple[str, api_pb2.PodSandboxConfig]]:
-    config = pod_config(f"pod-{time.monotonic_ns()}", log_dir=tmp_path / "logs")
-    resp = await cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
-    yield resp.pod_sandbox_id, config
-    await cri.runtime.StopPodSandbox(
-        api_pb2.StopPodSandboxRequest(pod_sandbox_id=resp.pod_sandbox_id)
-    )
-    await cri.runtime.RemovePodSandbox(
-        api_pb2.RemovePodSandboxRequest(pod_sandbox_id=resp.pod_sandbox_id)
-    )
-
-
-async def start(
-    cri: CRI, pod_id: str, pod_cfg: api_pb2.PodSandboxConfig, config: api_pb2.ContainerConfig
-) -> str:
-    resp = await cri.runtime.CreateContainer(
-        api_pb2.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_cfg)
-    )
-    await cri.runtime.StartContainer(api_pb2.StartContainerRequest(container_id=resp.container_id))
-    return resp.container_id
-
-
-async def status(cri: CRI, container_id: str) -> api_pb2.ContainerStatus:
-    resp = await cri.runtime.ContainerStatus(
-        api_pb2.ContainerStatusRequest(container_id=container_id)
-    )
-    return resp.status
-
-
-async def wait_exited(cri: CRI, container_id: str, timeout: float = 15) -> api_pb2.ContainerStatus:
-    async def exited() -> api_pb2.ContainerStatus | None:
-        st = await status(cri, container_id)
-        return st if st.state == api_pb2.CONTAINER_EXITED else None
-
-    return await eventually(exited, timeout=timeout)
 
 
 async def test_sandbox_ready_and_listed(
@@ -240,13 +194,6 @@ async def test_name_conflict_then_reuse_after_remove(
     assert again.container_id != first.container_id
 
 
-async def _containerd_snapshot(ctd: ContainerdClient) -> tuple[set[str], set[str], set[str]]:
-    containers = {c.id for c in await ctd.containers.list()}
-    snapshots = {s.name for s in await ctd.snapshots.list("overlayfs") if s.kind == 2}  # active
-    leases = {lease.id for lease in await ctd.leases.list()}
-    return containers, snapshots, leases
-
-
 @pytest.mark.parametrize(
     ("mutate", "code"),
     [
@@ -275,12 +222,7 @@ async def test_failed_create_leaves_nothing(
     code,
 ) -> None:  # type: ignore[no-untyped-def]
     pod_id, pod_cfg = pod
-    before = await _containerd_snapshot(ctd)
-    dirs_before = (
-        set((daemon.root / "containers").glob("*"))
-        if (daemon.root / "containers").exists()
-        else set()
-    )
+    before = await leftovers(daemon, ctd)
     config = container_config("broken", "true")
     mutate(config)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -290,13 +232,7 @@ async def test_failed_create_leaves_nothing(
             )
         )
     assert err.value.code() == code, err.value.details()
-    assert await _containerd_snapshot(ctd) == before
-    dirs_after = (
-        set((daemon.root / "containers").glob("*"))
-        if (daemon.root / "containers").exists()
-        else set()
-    )
-    assert dirs_after == dirs_before
+    assert await leftovers(daemon, ctd) == before
     # and the name is free again
     ok = container_config("broken", "true")
     created = await cri.runtime.CreateContainer(
@@ -308,15 +244,15 @@ async def test_failed_create_leaves_nothing(
 
 
 async def test_bad_sandbox_config_rejected(
-    cri: CRI, images_loaded: None, ctd: ContainerdClient
+    cri: CRI, images_loaded: None, ctd: ContainerdClient, daemon: Daemon
 ) -> None:
-    before = await _containerd_snapshot(ctd)
+    before = await leftovers(daemon, ctd)
     config = pod_config("nometa")
     config.metadata.uid = ""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert await _containerd_snapshot(ctd) == before
+    assert await leftovers(daemon, ctd) == before
 
 
 async def test_start_failure_is_start_error(
@@ -426,7 +362,7 @@ async def test_killed_pause_makes_sandbox_notready(
 async def test_remove_pod_removes_everything(
     cri: CRI, images_loaded: None, ctd: ContainerdClient, daemon: Daemon, tmp_path: Path
 ) -> None:
-    before = await _containerd_snapshot(ctd)
+    before = await leftovers(daemon, ctd)
     config = pod_config("gone", log_dir=tmp_path)
     pod_id = (
         await cri.runtime.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config))
@@ -440,15 +376,15 @@ async def test_remove_pod_removes_everything(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cri.runtime.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert await _containerd_snapshot(ctd) == before
+    assert await leftovers(daemon, ctd) == before
     assert not (daemon.state / "netns" / pod_id).exists()
     assert not (daemon.root / "sandboxes" / pod_id).exists()
 
 
 async def test_twenty_pods_two_containers_concurrently(
-    cri: CRI, images_loaded: None, ctd: ContainerdClient, tmp_path: Path
+    cri: CRI, images_loaded: None, ctd: ContainerdClient, daemon: Daemon, tmp_path: Path
 ) -> None:
-    before = await _containerd_snapshot(ctd)
+    before = await leftovers(daemon, ctd)
     netns_before = set(Path("/proc/self/mountinfo").read_text().count("netns") for _ in [0])
 
     async def one(i: int) -> tuple[str, list[str]]:
@@ -484,7 +420,7 @@ async def test_twenty_pods_two_containers_concurrently(
         await cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
     await asyncio.gather(*(teardown(p, c) for p, c in pods))
-    assert await _containerd_snapshot(ctd) == before
+    assert await leftovers(daemon, ctd) == before
     tasks = await ctd.tasks.list()
     assert not [t for t in tasks if t.id in {p for p, _ in pods}]
     assert set(Path("/proc/self/mountinfo").read_text().count("netns") for _ in [0]) == netns_before

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from cri_api.v1 import api_pb2
 
-from pycri.oci.spec import DEFAULT_CAPABILITIES
+from pycri.oci.capabilities import DEFAULT_CAPABILITIES
 from pycri.security.node import probe_node_security
 from pycri.security.seccomp import linux_seccomp
 from pycri.security.seccomp_default import default_profile

@@ -1131,3 +1131,32 @@ def test_probe_host_features_reads_this_process(tmp_path: Path) -> None:
     assert features.swap_limit_supported is True
     assert features.hugetlb_supported is False
     assert features.available_capabilities <= frozenset(ALL_CAPABILITIES)
+
+
+# ------------------------------------------------------------------------- security profiles
+
+
+def test_security_profiles_land_where_runc_reads_them() -> None:
+    seccomp = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}
+    spec = build_container(seccomp=seccomp, apparmor_profile="pycri-default")
+    assert spec["linux"]["seccomp"] == seccomp
+    assert spec["process"]["apparmorProfile"] == "pycri-default"
+    plain = build_container()
+    assert "seccomp" not in plain["linux"] and "apparmorProfile" not in plain["process"]
+    assert build_sandbox(seccomp=seccomp)["linux"]["seccomp"] == seccomp
+    assert "seccomp" not in build_sandbox()["linux"]
+
+
+def test_the_capabilities_seccomp_is_built_for_are_the_specs() -> None:
+    from pycri.oci.capabilities import container_capabilities, sandbox_capabilities
+
+    config = container_config()
+    config.linux.security_context.capabilities.add_capabilities.append("SYS_ADMIN")
+    spec = build_container(config)
+    caps = container_capabilities(
+        config.linux.security_context, available=HostFeatures().available_capabilities
+    )
+    assert caps == spec["process"]["capabilities"]
+    sandbox = build_sandbox()
+    bounding = sandbox["process"]["capabilities"]["bounding"]
+    assert bounding == sandbox_capabilities(HostFeatures().available_capabilities)

@@ -17,7 +17,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from pycri.errors import InvalidArgument
-from pycri.oci.spec import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
+from pycri.oci.capabilities import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from pycri.security import seccomp_default
 from pycri.security.apparmor import AppArmorHost
 from pycri.security.node import (

@@ -99,6 +99,11 @@ def in_kernel_order(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=_CAPABILITY_NUMBER.__getitem__)
 
 
+def sandbox_capabilities(available: frozenset[str]) -> list[str]:
+    """The pause container's set: the default one, within the runtime's bounding set."""
+    return in_kernel_order(set(DEFAULT_CAPABILITIES) & available)
+
+
 def container_capabilities(
     security: api_pb2.LinuxContainerSecurityContext, *, available: frozenset[str]
 ) -> JsonDict:

@@ -91,6 +91,8 @@ def container_spec(
     image_name: str = "",
     host: HostFeatures | None = None,
     resolve_device: DeviceResolver = device_from_host,
+    seccomp: JsonDict | None = None,
+    apparmor_profile: str | None = None,
 ) -> JsonDict:
     """The spec of an application container in the sandbox whose pause process is ``sandbox_pid``.
 
@@ -107,6 +109,8 @@ def container_spec(
 
     ``user`` comes from :func:`resolve_user`; devices are described by ``resolve_device`` (the
     filesystem access lives there). ``image_name`` defaults to the image the config names.
+    ``seccomp`` (``linux.seccomp``) and ``apparmor_profile`` are resolved by the caller
+    (``pycri.security``), for the capabilities :func:`container_capabilities` gives this config.
     """
     del container_id  # the spec does not name the container; containerd keys it by ID
     host = host or HostFeatures()
@@ -240,6 +244,10 @@ def container_spec(
         ]
     if rootfs_propagation:
         linux["rootfsPropagation"] = rootfs_propagation
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+    if apparmor_profile:
+        process["apparmorProfile"] = apparmor_profile
 
     annotations = dict(config.annotations)
     # Ours last, so a pod's annotations cannot pass a container off as something else.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from cri_api.v1 import api_pb2
 
 from pycri.images.model import ImageConfig
-from pycri.oci.capabilities import DEFAULT_CAPABILITIES, in_kernel_order
+from pycri.oci.capabilities import sandbox_capabilities
 from pycri.oci.common import (
     ANNOTATION_CONTAINER_TYPE,
     ANNOTATION_SANDBOX_ID,
@@ -52,6 +52,7 @@ def sandbox_spec(
     shm_path: str | None = None,
     user: ProcessUser | None = None,
     host: HostFeatures | None = None,
+    seccomp: JsonDict | None = None,
 ) -> JsonDict:
     """The spec of a pod's pause container, which holds the pod's namespaces.
 
@@ -66,7 +67,9 @@ def sandbox_spec(
     ``run_as_user``/``run_as_group``, else as the image's numeric USER (pause images use
     ``65535:65535``), else root. ``hostname_path`` and ``hosts_path`` are accepted for symmetry
     with :func:`container_spec`; pause needs neither. ``resolv_conf_path`` is mounted read-only
-    because some runtimes (VM-based ones) read the pod's DNS from the sandbox.
+    because some runtimes (VM-based ones) read the pod's DNS from the sandbox. ``seccomp`` is
+    the pause container's ``linux.seccomp``, resolved by the caller for
+    :func:`sandbox_capabilities`.
     """
     del hostname_path, hosts_path  # see the docstring: only application containers mount them
     host = host or HostFeatures()
@@ -118,7 +121,7 @@ def sandbox_spec(
             )
         )
 
-    caps = in_kernel_order(set(DEFAULT_CAPABILITIES) & host.available_capabilities)
+    caps = sandbox_capabilities(host.available_capabilities)
     process: JsonDict = {
         "terminal": False,
         "user": user_json(user),
@@ -143,6 +146,8 @@ def sandbox_spec(
     }
     if config.linux.sysctls:
         linux["sysctl"] = dict(sorted(config.linux.sysctls.items()))
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
 
     spec: JsonDict = {
         "ociVersion": OCI_VERSION,

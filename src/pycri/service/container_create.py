@@ -26,10 +26,12 @@ from pycri.cgroups import cgroups_path
 from pycri.errors import FailedPrecondition, InvalidArgument
 from pycri.events.types import Kind
 from pycri.images.model import Image
+from pycri.oci.capabilities import container_capabilities
 from pycri.oci.container_spec import container_spec
 from pycri.oci.resources import linux_resources_to_oci
 from pycri.oci.users import ProcessUser, resolve_user
 from pycri.oci.validation import validate_log_path, validate_mount
+from pycri.security.seccomp import linux_seccomp
 from pycri.service import records
 from pycri.service.container_events import CREATED
 from pycri.service.context import RuntimeContext
@@ -107,6 +109,24 @@ async def resolve_process_user(
         raise InvalidArgument(str(err)) from None
 
 
+async def security_profiles(
+    rt: RuntimeContext, config: api_pb2.ContainerConfig
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The container's ``linux.seccomp`` and AppArmor profile, before anything is made: a bad
+    or missing profile is refused with nothing to undo (InvalidArgument naming it)."""
+    security = config.linux.security_context
+    try:
+        capabilities = container_capabilities(
+            security, available=rt.host_features.available_capabilities
+        )
+    except ValueError as err:
+        raise InvalidArgument(f"container config: {err}") from None
+    seccomp = await linux_seccomp(
+        security, capabilities=capabilities["bounding"], settings=rt.seccomp
+    )
+    return seccomp, await rt.apparmor.container_profile(security)
+
+
 async def create_container(
     rt: RuntimeContext, request: api_pb2.CreateContainerRequest
 ) -> api_pb2.CreateContainerResponse:
@@ -116,6 +136,7 @@ async def create_container(
     if sandbox.status.state is not SandboxState.READY:
         raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
     sandbox_config = sandbox.metadata.config
+    seccomp, apparmor_profile = await security_profiles(rt, config)
     container_id = new_id()
     name = container_name(config.metadata, sandbox_config.metadata)
     async with Rollback(what=f"container {container_id}") as undo:
@@ -163,6 +184,8 @@ async def create_container(
                         cgroups_path=cgroups_path(sandbox_config.linux.cgroup_parent, container_id),
                         current_oom_score_adj=current_oom_score_adj(),
                         host=rt.host_features,
+                        seccomp=seccomp,
+                        apparmor_profile=apparmor_profile,
                     )
                 )
             except (OSError, ValueError) as err:

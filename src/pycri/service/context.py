@@ -24,6 +24,9 @@ from pycri.net.manager import PodNetwork
 from pycri.net.netns import NetNS
 from pycri.oci.host import HostFeatures
 from pycri.paths import Paths
+from pycri.security.apparmor import AppArmor
+from pycri.security.node import NodeSecurity
+from pycri.security.seccomp import SeccompSettings
 from pycri.service.faults import Faults
 from pycri.store.container import ContainerStore
 from pycri.store.names import NameIndex
@@ -42,6 +45,10 @@ class RuntimeContext:
     health: ContainerdHealth
     # what the node has: host facts for specs, images, registry pulls, pod networking
     host_features: HostFeatures
+    # what the node enforces: seccomp filters (settings for the resolution), AppArmor
+    security: NodeSecurity
+    seccomp: SeccompSettings
+    apparmor: AppArmor
     images: ImageStore
     pulls: ImagePuller
     network: PodNetwork

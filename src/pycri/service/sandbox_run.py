@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from cri_api.v1 import api_pb2
 
@@ -34,7 +35,9 @@ from pycri.cgroups import cgroups_path
 from pycri.errors import InvalidArgument, NotFound
 from pycri.events.types import Kind
 from pycri.net.cni import AddProgress
+from pycri.oci.capabilities import sandbox_capabilities
 from pycri.oci.sandbox_spec import sandbox_spec
+from pycri.security.seccomp import linux_seccomp
 from pycri.service import records
 from pycri.service.container_events import CREATED, STARTED
 from pycri.service.context import RuntimeContext
@@ -75,12 +78,27 @@ async def run_pod_sandbox(
     validate_sandbox_config(config)
     if request.runtime_handler not in ("", "runc"):
         raise NotFound(f"runtime handler {request.runtime_handler!r} is not configured")
+    # The pause container's filter, resolved before anything is made (a bad profile leaves
+    # nothing to undo).
+    seccomp = await linux_seccomp(
+        config.linux.security_context,
+        capabilities=sandbox_capabilities(rt.host_features.available_capabilities),
+        settings=rt.seccomp,
+    )
     sandbox_id = new_id()
     name = sandbox_name(config.metadata)
     undo = Rollback(what=f"sandbox {sandbox_id}")
     latest: list[SandboxMetadata] = []  # the newest metadata, for the network teardown
     try:
-        await _run(rt, request, sandbox_id=sandbox_id, name=name, undo=undo, latest=latest)
+        await _run(
+            rt,
+            request,
+            sandbox_id=sandbox_id,
+            name=name,
+            seccomp=seccomp,
+            undo=undo,
+            latest=latest,
+        )
     except BaseException:
         if undo.halted and latest:
             _keep_for_cleanup(rt, latest[-1], reason=undo.halted)
@@ -111,6 +129,7 @@ async def _run(
     *,
     sandbox_id: str,
     name: str,
+    seccomp: dict[str, Any] | None,
     undo: Rollback,
     latest: list[SandboxMetadata],
 ) -> None:
@@ -147,6 +166,7 @@ async def _run(
                 cgroups_path=cgroups_path(config.linux.cgroup_parent, sandbox_id),
                 current_oom_score_adj=current_oom_score_adj(),
                 host=rt.host_features,
+                seccomp=seccomp,
             )
         except ValueError as err:
             raise InvalidArgument(f"sandbox config: {err}") from None

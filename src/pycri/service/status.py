@@ -1,4 +1,5 @@
-"""Status: RuntimeReady from the continuous containerd probe, NetworkReady from the CNI state.
+"""Status: RuntimeReady from the continuous containerd probe, NetworkReady from the CNI state;
+the verbose info says what the node enforces (seccomp filters, AppArmor).
 
 Answered from memory only (kubelet calls it constantly; it must not hang with containerd).
 """
@@ -37,4 +38,7 @@ async def status(rt: RuntimeContext, request: api_pb2.StatusRequest) -> api_pb2.
             }
         )
         response.info["cni"] = json.dumps(rt.network.describe())
+        response.info["security"] = json.dumps(
+            {**rt.security.info(), "summary": rt.security.summary()}
+        )
     return response
