@@ -371,7 +371,7 @@ class StreamServer:
             if transport is Transport.SPDY:
                 assert protocol is not None
                 session = self._spdy_session(reader, writer, protocol, kind)
-                handler = self._handler_spdy(session, protocol, kind, request)
+                handler = self._handler_spdy(session, protocol, kind, request, fields)
             else:
                 session = self._websocket_session(
                     reader=reader,
@@ -386,9 +386,11 @@ class StreamServer:
                     await writer.drain()
                     return
                 if isinstance(request, api_pb2.PortForwardRequest):
-                    handler = self._portforward_websocket(session, request, ports)
+                    handler = self._portforward_websocket(session, request, ports, fields)
                 else:
-                    handler = self._remotecommand_websocket(session, protocol, kind, request)
+                    handler = self._remotecommand_websocket(
+                        session, protocol, kind, request, fields
+                    )
             outcome = await self._run_session(session, handler)
         except asyncio.CancelledError:
             outcome = "server_stopped"
@@ -488,7 +490,12 @@ class StreamServer:
     # ---------------------------------------------------------------- handlers
 
     async def _handler_spdy(
-        self, session: SpdySession, protocol: str, kind: RouteKind, request: StreamRequest
+        self,
+        session: SpdySession,
+        protocol: str,
+        kind: RouteKind,
+        request: StreamRequest,
+        fields: dict[str, Any],
     ) -> str:
         config = self.config
         if isinstance(request, api_pb2.PortForwardRequest):
@@ -499,7 +506,7 @@ class StreamServer:
                 options=self._forward_options(),
                 creation_timeout=config.stream_creation_timeout_s,
             )
-            return self._portforward_outcome(result)
+            return self._portforward_outcome(result, fields)
         options, runner, command = self._command(request)
         outcome = await remotecommand.serve_spdy(
             session=session,
@@ -512,7 +519,7 @@ class StreamServer:
             cancel_grace=config.cancel_grace_s,
             linger=config.close_linger_s,
         )
-        return _command_outcome(outcome)
+        return _command_outcome(outcome, fields)
 
     async def _remotecommand_websocket(
         self,
@@ -520,6 +527,7 @@ class StreamServer:
         subprotocol: str | None,
         kind: RouteKind,
         request: StreamRequest,
+        fields: dict[str, Any],
     ) -> str:
         options, runner, command = self._command(request)
         outcome = await remotecommand.serve_websocket(
@@ -532,10 +540,14 @@ class StreamServer:
             cancel_grace=self.config.cancel_grace_s,
             linger=self.config.close_linger_s,
         )
-        return _command_outcome(outcome)
+        return _command_outcome(outcome, fields)
 
     async def _portforward_websocket(
-        self, session: WebSocketSession, request: api_pb2.PortForwardRequest, ports: list[int]
+        self,
+        session: WebSocketSession,
+        request: api_pb2.PortForwardRequest,
+        ports: list[int],
+        fields: dict[str, Any],
     ) -> str:
         try:
             result = await portforward.serve_websocket(
@@ -547,7 +559,7 @@ class StreamServer:
             )
         finally:
             await session.close(linger=self.config.close_linger_s)
-        return self._portforward_outcome(result)
+        return self._portforward_outcome(result, fields)
 
     def _command(
         self, request: StreamRequest
@@ -587,10 +599,13 @@ class StreamServer:
             chunk_size=self.config.spdy.max_send_frame,
         )
 
-    def _portforward_outcome(self, result: portforward.PortForwardResult) -> str:
+    def _portforward_outcome(
+        self, result: portforward.PortForwardResult, fields: dict[str, Any]
+    ) -> str:
         for outcome, count in result.outcomes.items():
             self._pf_connections[outcome.value] += count
-        return f"connections={result.connections}"
+        fields["connections"] = {outcome.value: n for outcome, n in result.outcomes.items()}
+        return "done"
 
     # ---------------------------------------------------------------- TLS
 
@@ -690,7 +705,9 @@ def _query_ports(head: RequestHead) -> list[int]:
     return ports
 
 
-def _command_outcome(result: remotecommand.CommandResult) -> str:
-    if result.outcome is remotecommand.Outcome.EXITED:
-        return f"exit_{result.exit_code}"
+def _command_outcome(result: remotecommand.CommandResult, fields: dict[str, Any]) -> str:
+    if result.exit_code is not None:
+        fields["exit_code"] = result.exit_code
+    if result.error is not None:
+        fields["error"] = result.error
     return result.outcome.value

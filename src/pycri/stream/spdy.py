@@ -557,6 +557,8 @@ class SpdyOptions:
     read_size: int = 256 * 1024
     #: Transport write buffer high-water mark (``drain()`` waits above it).
     write_buffer_high: int = 512 * 1024
+    #: Return consumed bytes to the peer with WINDOW_UPDATE (False behaves like spdystream).
+    send_window_updates: bool = True
 
 
 _DRAIN_CONTROL_ABOVE = 4 * 1024 * 1024
@@ -946,7 +948,7 @@ class SpdySession:
 
     def _consumed(self, stream: SpdyStream, count: int) -> None:
         """The consumer took ``count`` bytes: return them to the peer's windows."""
-        if self._closed:
+        if self._closed or not self.options.send_window_updates:
             return
         half = self.options.receive_window // 2
         stream._unacked += count
