@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import struct
 import zlib
@@ -86,7 +87,9 @@ frames: st.SearchStrategy[Frame] = st.one_of(
         GoAwayFrame, last_good_stream_id=st.integers(min_value=0, max_value=2**31 - 1), status=words
     ),
     st.builds(
-        WindowUpdateFrame, stream_id=st.integers(min_value=0, max_value=2**31 - 1), delta=st.integers(min_value=1, max_value=2**31 - 1)
+        WindowUpdateFrame,
+        stream_id=st.integers(min_value=0, max_value=2**31 - 1),
+        delta=st.integers(min_value=1, max_value=2**31 - 1),
     ),
     st.builds(
         UnknownControlFrame,
@@ -99,14 +102,16 @@ frames: st.SearchStrategy[Frame] = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(batch=st.lists(frames, min_size=1, max_size=25), cuts=st.lists(st.integers(0, 10**6)))
-def test_frames_round_trip_through_one_compression_context(batch: list[Frame], cuts: list[int]) -> None:
+def test_frames_round_trip_through_one_compression_context(
+    batch: list[Frame], cuts: list[int]
+) -> None:
     # One encoder and one decoder for the whole batch: header blocks after the first rely
     # on the zlib state of the earlier ones, and the stream is fed in arbitrary slices.
     encoder, decoder = FrameEncoder(), FrameDecoder(max_data_length=2**24 - 1)
     wire = b"".join(encoder.encode(frame) for frame in batch)
     points = sorted({cut % (len(wire) + 1) for cut in cuts} | {0, len(wire)})
     decoded: list[Frame] = []
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         decoded += decoder.feed(wire[start:end])
     assert decoded == batch
     assert decoder.buffered == 0
@@ -179,9 +184,13 @@ def test_oversize_frame_is_refused_from_its_header_alone() -> None:
 
 
 def test_header_bomb_is_refused() -> None:
-    block = struct.pack(">I", 1) + struct.pack(">I", 1) + b"a" + struct.pack(">I", 10**6) + b"b" * 10**6
+    block = (
+        struct.pack(">I", 1) + struct.pack(">I", 1) + b"a" + struct.pack(">I", 10**6) + b"b" * 10**6
+    )
     compressor = zlib.compressobj(zdict=HEADER_DICTIONARY)
-    payload = struct.pack(">I", 1) + compressor.compress(block) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    payload = (
+        struct.pack(">I", 1) + compressor.compress(block) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    )
     with pytest.raises(ProtocolError, match="larger than"):
         FrameDecoder(max_header_bytes=64 * 1024).feed(_control(2, payload))
 
@@ -343,8 +352,12 @@ async def test_windows_are_honoured_once_the_peer_updates_them() -> None:
 async def test_settings_initial_window_is_applied_to_streams() -> None:
     async with raw_peer() as (server, reader, writer):
         encoder = FrameEncoder()
-        writer.write(encoder.encode(SettingsFrame(entries=((0, SETTINGS_INITIAL_WINDOW_SIZE, 1000),))))
-        writer.write(encoder.encode(SynStreamFrame(stream_id=1, headers={"streamtype": ["stdout"]})))
+        writer.write(
+            encoder.encode(SettingsFrame(entries=((0, SETTINGS_INITIAL_WINDOW_SIZE, 1000),)))
+        )
+        writer.write(
+            encoder.encode(SynStreamFrame(stream_id=1, headers={"streamtype": ["stdout"]}))
+        )
         stream = await server.accept()
         assert stream is not None
         stream.reply()

@@ -78,6 +78,8 @@ class RequestHead:
     path: str
     query: dict[str, list[str]]
     headers: tuple[tuple[str, str], ...] = field(default=())
+    #: The head as received (the WebSocket handshake re-parses it).
+    raw: bytes = b""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
@@ -127,6 +129,7 @@ def parse_request_head(raw: bytes) -> RequestHead:
         path=unquote(split.path),
         query=parse_qs(split.query, keep_blank_values=True),
         headers=tuple(headers),
+        raw=raw,
     )
 
 

@@ -436,8 +436,7 @@ class StreamServer:
         ports: list[int],
     ) -> WebSocketSession | None:
         protocol, answer, accepted = accept_websocket(
-            path=head.target,
-            headers=head.headers,
+            raw_head=head.raw,
             subprotocol=subprotocol,
             max_message_size=self.config.max_websocket_message,
         )

@@ -34,7 +34,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from websockets.datastructures import Headers as WsHeaders
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -301,29 +300,26 @@ class WebSocketSession:
 
 
 def accept_websocket(
-    *,
-    path: str,
-    headers: Sequence[tuple[str, str]],
-    subprotocol: str | None,
-    max_message_size: int,
+    *, raw_head: bytes, subprotocol: str | None, max_message_size: int
 ) -> tuple[ServerProtocol, bytes, bool]:
-    """Run the WebSocket handshake for a parsed request head.
+    """Run the WebSocket handshake for a request head already read from the socket.
 
     Returns the protocol object, the bytes of the HTTP answer to write, and whether the
     handshake succeeded (101). ``subprotocol`` is the one already negotiated (``None``: the
-    client asked for none, which the channel protocols accept as ``channel.k8s.io``).
+    client asked for none, which the channel protocols accept as ``channel.k8s.io``). The
+    raw head is fed to the protocol object, which parses it again: that is how its state
+    machine moves from the handshake to frames.
     """
-    ws_headers = WsHeaders()
-    for name, value in headers:
-        ws_headers[name] = value
-
     chosen = Subprotocol(subprotocol) if subprotocol is not None else None
 
     def select(_protocol: ServerProtocol, _offered: Sequence[Subprotocol]) -> Subprotocol | None:
         return chosen
 
     protocol = ServerProtocol(select_subprotocol=select, max_size=max_message_size)
-    response = protocol.accept(Request(path=path, headers=ws_headers))
+    protocol.receive_data(raw_head)
+    requests = [event for event in protocol.events_received() if isinstance(event, Request)]
+    if not requests:
+        return protocol, b"".join(protocol.data_to_send()), False
+    response = protocol.accept(requests[0])
     protocol.send_response(response)
-    data = b"".join(protocol.data_to_send())
-    return protocol, data, response.status_code == 101
+    return protocol, b"".join(protocol.data_to_send()), response.status_code == 101
