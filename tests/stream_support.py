@@ -8,7 +8,8 @@
 * ``cat`` copies stdin to stdout until stdin ends;
 * ``generate BYTES SEED`` writes BYTES pseudo-random bytes (``pattern(BYTES, SEED)``);
 * ``sleep SECONDS`` sleeps (records its cancellation in ``cancelled``);
-* ``sizes N`` prints the first N terminal sizes it gets, one ``WxH`` line each.
+* ``sizes N`` prints the first N terminal sizes it gets, one ``WxH`` line each;
+* ``head N`` echoes the first N bytes of stdin, then exits.
 
 ``attach`` echoes stdin to stdout (and records the request). ``connect`` opens a TCP
 connection to 127.0.0.1:PORT, so a port with nothing listening is refused for real.
@@ -89,6 +90,15 @@ class FakeBackend:
             return 0
         if name == "sleep":
             await asyncio.sleep(float(args[0]))
+            return 0
+        if name == "head":
+            assert out is not None and io.stdin is not None
+            wanted = int(args[0])
+            async for chunk in io.stdin:
+                await out.write(chunk[:wanted])
+                wanted -= len(chunk)
+                if wanted <= 0:
+                    break
             return 0
         if name == "sizes":
             assert out is not None and io.resize is not None
