@@ -39,7 +39,13 @@ CHUNK = 64 * 1024
 
 
 def pattern(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+    """``size`` pseudo-random bytes: a random block of prime length, repeated.
+
+    The prime period makes reordered, lost or duplicated frames show as a mismatch while
+    keeping large payloads cheap to make.
+    """
+    block = random.Random(seed).randbytes(min(size, 1_000_003))
+    return (block * (size // len(block) + 1))[:size]
 
 
 @dataclass

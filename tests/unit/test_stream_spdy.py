@@ -247,6 +247,11 @@ async def raw_peer(
         await asyncio.gather(task, return_exceptions=True)
 
 
+def significant(frames: list[Frame]) -> list[Frame]:
+    """Frames minus the window announcement every session starts with."""
+    return [f for f in frames if not isinstance(f, SettingsFrame | WindowUpdateFrame)]
+
+
 async def read_frames_until_eof(reader: asyncio.StreamReader) -> list[Frame]:
     decoder = FrameDecoder(max_data_length=2**24 - 1)
     frames: list[Frame] = []
@@ -274,6 +279,19 @@ async def test_streams_carry_data_both_ways_with_half_close() -> None:
             received += chunk
         assert received == b"pong" * 50_000
         assert pair.server.open_streams == 0 and pair.client.open_streams == 0
+
+
+async def test_a_larger_receive_window_is_announced_first() -> None:
+    async with raw_peer(SpdyOptions(receive_window=1024 * 1024)) as (_server, reader, _writer):
+        decoder = FrameDecoder()
+        got: list[Frame] = []
+        async with asyncio.timeout(2):
+            while len(got) < 2:
+                got += decoder.feed(await reader.read(65536))
+        assert got == [
+            SettingsFrame(entries=((0, SETTINGS_INITIAL_WINDOW_SIZE, 1024 * 1024),)),
+            WindowUpdateFrame(stream_id=0, delta=1024 * 1024 - DEFAULT_WINDOW),
+        ]
 
 
 async def test_ping_is_answered_by_both_roles() -> None:
@@ -306,8 +324,8 @@ async def _read_exactly(stream_read: Callable[[], object], count: int) -> bytes:
 
 
 async def test_peer_that_never_sends_window_update_stalls_us_only_briefly() -> None:
-    # The client behaves like spdystream: it never returns window.
-    client_options = SpdyOptions(send_window_updates=False)
+    # The client behaves like spdystream: no SETTINGS, never a WINDOW_UPDATE.
+    client_options = SpdyOptions(receive_window=DEFAULT_WINDOW, send_window_updates=False)
     server_options = SpdyOptions(flow_control_grace_s=0.2)
     async with session_pair(server_options, client_options) as pair:
         stream = pair.client.open_stream({"streamType": "stdout"})
@@ -328,7 +346,8 @@ async def test_peer_that_never_sends_window_update_stalls_us_only_briefly() -> N
 
 async def test_windows_are_honoured_once_the_peer_updates_them() -> None:
     # The client does flow control but its consumer stops: we must stop at its window.
-    async with session_pair(SpdyOptions(flow_control_grace_s=0.05)) as pair:
+    client_options = SpdyOptions(receive_window=DEFAULT_WINDOW)  # no SETTINGS: updates tell
+    async with session_pair(SpdyOptions(flow_control_grace_s=0.05), client_options) as pair:
         stream = pair.client.open_stream({"streamType": "stdout"})
         accepted = await pair.server.accept()
         assert accepted is not None
@@ -380,7 +399,7 @@ async def test_settings_initial_window_is_applied_to_streams() -> None:
 
 
 async def test_enforce_policy_waits_for_windows_forever() -> None:
-    client_options = SpdyOptions(send_window_updates=False)
+    client_options = SpdyOptions(receive_window=DEFAULT_WINDOW, send_window_updates=False)
     server_options = SpdyOptions(peer_flow_control=FlowControlPolicy.ENFORCE)
     async with session_pair(server_options, client_options) as pair:
         pair.client.open_stream({"streamType": "stdout"})
@@ -397,7 +416,9 @@ async def test_enforce_policy_waits_for_windows_forever() -> None:
 
 
 async def test_peer_ignoring_our_window_meets_backpressure_not_memory_growth() -> None:
-    server_options = SpdyOptions(receive_buffer_limit=128 * 1024, read_size=64 * 1024)
+    server_options = SpdyOptions(
+        receive_window=DEFAULT_WINDOW, receive_buffer_limit=128 * 1024, read_size=64 * 1024
+    )
     client_options = SpdyOptions(peer_flow_control=FlowControlPolicy.IGNORE)
     async with session_pair(server_options, client_options) as pair:
         stream = pair.client.open_stream({"streamType": "stdin"})
@@ -471,9 +492,9 @@ async def test_too_many_streams_are_refused() -> None:
         decoder = FrameDecoder()
         got: list[Frame] = []
         async with asyncio.timeout(2):
-            while not got:
+            while not significant(got):
                 got += decoder.feed(await reader.read(65536))
-        assert got == [RstStreamFrame(stream_id=5, status=RstStatus.REFUSED_STREAM)]
+        assert significant(got) == [RstStreamFrame(stream_id=5, status=RstStatus.REFUSED_STREAM)]
         assert server.open_streams == 2
 
 
@@ -488,7 +509,7 @@ async def test_peer_vanishing_mid_stream_wakes_every_waiter() -> None:
         first.reply()
         second.reply()
         await out.wait_reply()
-        blocked_write = asyncio.create_task(first.write(b"w" * (3 * DEFAULT_WINDOW)))
+        blocked_write = asyncio.create_task(first.write(b"w" * (4 * 1024 * 1024)))
         blocked_read = asyncio.create_task(second.read())
         blocked_accept = asyncio.create_task(pair.server.accept())
         await asyncio.sleep(0.2)
@@ -530,9 +551,11 @@ async def test_data_after_fin_resets_the_stream() -> None:
         decoder = FrameDecoder()
         got: list[Frame] = []
         async with asyncio.timeout(2):
-            while not got:
+            while not significant(got):
                 got += decoder.feed(await reader.read(65536))
-        assert got == [RstStreamFrame(stream_id=1, status=RstStatus.STREAM_ALREADY_CLOSED)]
+        assert significant(got) == [
+            RstStreamFrame(stream_id=1, status=RstStatus.STREAM_ALREADY_CLOSED)
+        ]
 
 
 async def test_pending_ping_fails_when_the_peer_hangs_up() -> None:

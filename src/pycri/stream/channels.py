@@ -81,7 +81,8 @@ class InboundBuffer:
 
     @property
     def has_room(self) -> bool:
-        return self.size < self.limit or self._eof
+        """Not over the limit: a sender honouring a window of ``limit`` never exceeds it."""
+        return self.size <= self.limit or self._eof
 
     def feed(self, data: bytes) -> None:
         if self._eof or not data:
@@ -116,7 +117,7 @@ class InboundBuffer:
             self._chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
         self.size -= len(chunk)
-        if self.size < self.limit:
+        if self.size <= self.limit:
             self._room.fire()
         if self._on_consumed is not None:
             self._on_consumed(len(chunk))

@@ -419,32 +419,42 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
+        # Parse straight from ``data`` when nothing is pending (the common case: one socket
+        # read holds whole frames), so only the payloads are copied, once each.
+        buffer: bytes | bytearray
+        if self._buffer:
+            self._buffer += data
+            buffer = self._buffer
+        else:
+            buffer = data
         frames: list[Frame] = []
         pos = 0
         end = len(buffer)
-        while end - pos >= 8:
-            first, second = _TWO_WORDS.unpack_from(buffer, pos)
-            length = second & 0xFFFFFF
-            flags = second >> 24
-            control = bool(first & 0x80000000)
-            limit = self._max_control if control else self._max_data
-            if length > limit:
-                kind = "control" if control else "data"
-                raise ProtocolError(f"{kind} frame of {length} bytes (limit {limit})")
-            if end - pos - 8 < length:
-                break
-            payload = bytes(buffer[pos + 8 : pos + 8 + length])
-            pos += 8 + length
-            if control:
-                frames.append(self._control(first, flags, payload))
-            else:
-                stream_id = first & MAX_STREAM_ID
-                if stream_id == 0:
-                    raise ProtocolError("data frame on stream 0")
-                frames.append(DataFrame(stream_id=stream_id, data=payload, flags=flags))
-        del buffer[:pos]
+        with memoryview(buffer) as view:
+            while end - pos >= 8:
+                first, second = _TWO_WORDS.unpack_from(buffer, pos)
+                length = second & 0xFFFFFF
+                flags = second >> 24
+                control = bool(first & 0x80000000)
+                limit = self._max_control if control else self._max_data
+                if length > limit:
+                    kind = "control" if control else "data"
+                    raise ProtocolError(f"{kind} frame of {length} bytes (limit {limit})")
+                if end - pos - 8 < length:
+                    break
+                payload = bytes(view[pos + 8 : pos + 8 + length])
+                pos += 8 + length
+                if control:
+                    frames.append(self._control(first, flags, payload))
+                else:
+                    stream_id = first & MAX_STREAM_ID
+                    if stream_id == 0:
+                        raise ProtocolError("data frame on stream 0")
+                    frames.append(DataFrame(stream_id=stream_id, data=payload, flags=flags))
+        if buffer is self._buffer:
+            del self._buffer[:pos]
+        elif pos < end:
+            self._buffer = bytearray(data[pos:])
         return frames
 
     def _control(self, first: int, flags: int, payload: bytes) -> Frame:
@@ -537,9 +547,11 @@ class PeerFlowControl(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class SpdyOptions:
-    #: Our receive window per stream and for the session (WINDOW_UPDATE bookkeeping).
-    receive_window: int = DEFAULT_WINDOW
-    #: Bytes queued for one stream's consumer before the read loop stops reading the socket.
+    #: Our receive window per stream and for the session; above the 64 KiB default it is
+    #: announced with SETTINGS and a session WINDOW_UPDATE when the session starts.
+    receive_window: int = 256 * 1024
+    #: Bytes queued for one stream's consumer beyond which the read loop stops reading the
+    #: socket. Not below ``receive_window``: a peer honouring windows never triggers it.
     receive_buffer_limit: int = 256 * 1024
     #: Largest data frame we send.
     max_send_frame: int = 64 * 1024
@@ -592,7 +604,8 @@ class SpdyStream:
         #: Bytes consumed but not yet returned to the peer with WINDOW_UPDATE.
         self._unacked = 0
         self.inbound = InboundBuffer(
-            limit=session.options.receive_buffer_limit, on_consumed=self._consumed
+            limit=max(session.options.receive_buffer_limit, session.options.receive_window),
+            on_consumed=self._consumed,
         )
 
     def __repr__(self) -> str:
@@ -704,6 +717,8 @@ class SpdySession:
         # Flow control of what we receive.
         self._session_unacked = 0
         self.peer_overran_window = False
+        self._queued: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
         self._going_away = False  # we sent GOAWAY: no new peer streams
         self.peer_going_away = False
         self._closed = False
@@ -745,6 +760,7 @@ class SpdySession:
         if self._closed:
             return
         self.goaway(status)
+        self._flush()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(max(linger, 1.0)):
                 await self._writer.drain()
@@ -769,6 +785,7 @@ class SpdySession:
     async def run(self) -> None:
         """Read and dispatch frames until the peer hangs up or the session is closed."""
         reason = "peer closed the connection"
+        self._announce_receive_window()
         try:
             while not self._closed:
                 data = await self._reader.read(self.options.read_size)
@@ -787,6 +804,7 @@ class SpdySession:
             )
             with contextlib.suppress(Exception):
                 self.goaway(exc.status)
+                self._flush()
             self._writer.close()
         except (ConnectionError, OSError) as exc:
             reason = f"connection error: {exc}"
@@ -866,16 +884,36 @@ class SpdySession:
     # ------------------------------------------------------------ writing
 
     def _write(self, data: bytes) -> None:
+        """Write now, behind any control frames still queued (wire order is encode order)."""
         if self._closed:
             raise StreamClosedError("session is closed")
+        if self._queued:
+            self._queued.append(data)
+            data = b"".join(self._queued)
+            self._queued.clear()
         self._writer.write(data)
         self._last_activity = self._loop.time()
 
     def _send_frame(self, frame: Frame) -> None:
-        # Encoding and writing in one step keeps the header compression in wire order.
-        self._write(self._encoder.encode(frame))
+        """Queue a control frame; queued frames go out with the next write or loop turn.
+
+        Encoding happens here, in queue order, which keeps the header compression in wire
+        order. Coalescing matters: returning window after every 32 KiB frame would
+        otherwise cost a send() system call per WINDOW_UPDATE.
+        """
+        if self._closed:
+            raise StreamClosedError("session is closed")
+        self._queued.append(self._encoder.encode(frame))
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._queued and not self._closed:
+            self._write(b"")
 
     async def _drain(self) -> None:
+        self._flush()
         try:
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
@@ -945,6 +983,17 @@ class SpdySession:
             self._end_stream(stream, reset=False)
 
     # ------------------------------------------------------------ receiving
+
+    def _announce_receive_window(self) -> None:
+        # A window larger than the default is announced before anything else, so a peer
+        # that honours windows sees it before our first SYN_REPLY: SETTINGS for streams,
+        # WINDOW_UPDATE for the session (SPDY/3.1). spdystream parses and ignores both.
+        extra = self.options.receive_window - DEFAULT_WINDOW
+        if extra <= 0 or self._closed:
+            return
+        window = self.options.receive_window
+        self._send_frame(SettingsFrame(entries=((0, SETTINGS_INITIAL_WINDOW_SIZE, window),)))
+        self._send_frame(WindowUpdateFrame(stream_id=0, delta=extra))
 
     def _consumed(self, stream: SpdyStream, count: int) -> None:
         """The consumer took ``count`` bytes: return them to the peer's windows."""
@@ -1131,6 +1180,10 @@ class SpdySession:
                 ping.reply.set_exception(StreamClosedError("session closed"))
         self._window_signal.fire()
         self._accept_queue.put_nowait(None)
+        self._queued.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._probe is not None:
             self._probe.cancel()
         self._closed_event.set()
