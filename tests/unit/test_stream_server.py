@@ -534,3 +534,25 @@ async def test_websocket_port_forward(make_server: MakeServer) -> None:
             assert errors.startswith(f"error forwarding port {refused_port}".encode())
     finally:
         echo.close()
+
+
+async def test_oversize_request_head_is_431(make_server: MakeServer) -> None:
+    server, _ = await make_server(max_request_head_bytes=1024)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /exec/x HTTP/1.1\r\nX-Padding: " + b"a" * 4096 + b"\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 3)
+    assert answer.startswith(b"HTTP/1.1 431")
+    writer.close()
+
+
+async def test_websocket_without_tty_drops_resize_messages(make_server: MakeServer) -> None:
+    server, _ = await make_server()
+    url = server.register_exec(exec_request("cat", stdin=True))
+    async with ws_connect(ws_url(url), subprotocols=["v5.channel.k8s.io"]) as ws:  # type: ignore[list-item]
+        for _ in range(100):
+            await ws.send(b"\x04" + b"x" * 10_000)  # ~1 MB on a channel nobody reads
+        await ws.send(b"\x00done")
+        await ws.send(b"\xff\x00")
+        messages = await _ws_messages(ws)
+    assert b"\x01done" in messages

@@ -6,8 +6,8 @@ A streaming connection carries exactly one HTTP request: ``GET`` or ``POST`` on
 (``Upgrade: websocket`` with ``Sec-WebSocket-Protocol`` offers). Anything else is answered
 with a plain HTTP error and the connection is closed; there is no keep-alive and no body.
 
-The head is read with limits: ``max_bytes`` (the server's ``StreamReader`` limit: a longer
-head fails with 431) and a timeout (408), so a client that connects and sends nothing, or
+The head is read with limits: ``max_bytes`` (a longer head fails with 431) and a timeout
+(408), so a client that connects and sends nothing, or
 trickles a header forever, holds a connection only briefly.
 
 Negotiation follows kubelet (apimachinery ``httpstream.Handshake`` and ``wsstream``): the
@@ -133,8 +133,11 @@ def parse_request_head(raw: bytes) -> RequestHead:
     )
 
 
-async def read_request_head(reader: asyncio.StreamReader, *, timeout: float) -> RequestHead:
-    """Read and parse one request head; the reader's ``limit`` bounds its size."""
+async def read_request_head(
+    reader: asyncio.StreamReader, *, timeout: float, max_bytes: int
+) -> RequestHead:
+    """Read and parse one request head of at most ``max_bytes`` (the reader's ``limit``
+    bounds what is buffered while looking for its end)."""
     try:
         async with asyncio.timeout(timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -144,6 +147,8 @@ async def read_request_head(reader: asyncio.StreamReader, *, timeout: float) -> 
         raise HttpError(431, "request head too large") from None
     except asyncio.IncompleteReadError:
         raise HttpError(400, "connection closed before the request head ended") from None
+    if len(raw) > max_bytes:
+        raise HttpError(431, "request head too large")
     return parse_request_head(raw)
 
 

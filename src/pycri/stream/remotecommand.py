@@ -228,7 +228,8 @@ async def accept_spdy_channels(
 async def websocket_channels(
     session: WebSocketSession, *, options: StreamOptions
 ) -> CommandChannels:
-    session.readable = {RESIZE} | ({STDIN} if options.stdin else set())
+    # Data on channels we never read is dropped on arrival, so it cannot fill a buffer.
+    session.readable = ({STDIN} if options.stdin else set()) | ({RESIZE} if options.tty else set())
     channels = CommandChannels(
         error=session.channel(ERROR),
         stdin=session.channel(STDIN) if options.stdin else None,

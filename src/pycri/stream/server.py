@@ -224,7 +224,9 @@ class StreamServer:
             host=config.address,
             port=config.port,
             ssl=tls,
-            limit=config.max_request_head_bytes,
+            # The reader's limit also sizes its buffer for SPDY/WebSocket reads later; the
+            # head's own limit is checked by read_request_head.
+            limit=max(config.max_request_head_bytes, config.spdy.read_size),
             ssl_handshake_timeout=config.request_head_timeout_s if tls else None,
         )
         port = self._server.sockets[0].getsockname()[1]
@@ -325,7 +327,9 @@ class StreamServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
         config = self.config
-        head = await read_request_head(reader, timeout=config.request_head_timeout_s)
+        head = await read_request_head(
+            reader, timeout=config.request_head_timeout_s, max_bytes=config.max_request_head_bytes
+        )
         kind, token = route(head)
         if self._open >= config.max_concurrent_streams:
             raise HttpError(
@@ -687,8 +691,9 @@ def _describe(request: StreamRequest) -> dict[str, Any]:
     if isinstance(request, api_pb2.PortForwardRequest):
         return {"sandbox_id": request.pod_sandbox_id, "ports": list(request.port)}
     fields: dict[str, Any] = {"container_id": request.container_id, "tty": request.tty}
-    if isinstance(request, api_pb2.ExecRequest):
-        fields["cmd"] = list(request.cmd)
+    if isinstance(request, api_pb2.ExecRequest) and request.cmd:
+        # The program only: arguments may carry secrets (sh -c "... --password=...").
+        fields["command"] = request.cmd[0]
     return fields
 
 
