@@ -264,7 +264,8 @@ async def test_port_forward_carries_data_both_ways_over_several_connections(cri:
         # One more, sequentially, on the same session.
         assert await _round_trip(local_port, b"again") == hashlib.sha256(b"again").digest()
     finally:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         await process.wait()
         echo.close()
 
@@ -277,9 +278,12 @@ async def test_port_forward_to_a_closed_port_reports_the_error(cri: Cri) -> None
         assert await asyncio.wait_for(reader.read(), 15) == b""
         writer.close()
         assert process.stderr is not None
-        # client-go logs the message from the error stream (and 1.26 keeps forwarding).
-        err = await asyncio.wait_for(process.stderr.readline(), 15)
+        # client-go logs the message from the error stream, then (its choice) ends the
+        # whole port-forward: crictl 1.26.1 exits.
+        err = await asyncio.wait_for(process.stderr.read(), 15)
         assert f"error forwarding port {closed_port} to pod pod1".encode() in err
+        assert await asyncio.wait_for(process.wait(), 15) is not None
     finally:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         await process.wait()
