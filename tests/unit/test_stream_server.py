@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from pycri.errors import InvalidArgument
 from pycri.stream.backend import StreamClosedError
 from pycri.stream.server import StreamServer, StreamServerConfig, TooManyPendingRequests
+from pycri.stream.spdy import DEFAULT_WINDOW, FlowControlPolicy, SpdyOptions
 from tests.stream_support import (
     FakeBackend,
     echo_server,
@@ -556,3 +557,27 @@ async def test_websocket_without_tty_drops_resize_messages(make_server: MakeServ
         await ws.send(b"\xff\x00")
         messages = await _ws_messages(ws)
     assert b"\x01done" in messages
+
+
+async def test_stdin_left_unread_does_not_hold_up_the_end(make_server: MakeServer) -> None:
+    # A client like spdystream keeps sending stdin past our window after the process exited;
+    # the server must still notice the client hanging up, not sit out its linger.
+    server, _ = await make_server(close_linger_s=5)
+    url = server.register_exec(exec_request("echo", "bye", stdin=True))
+    client = SpdyOptions(peer_flow_control=FlowControlPolicy.IGNORE, receive_window=DEFAULT_WINDOW)
+    upgraded = await spdy_upgrade(url, options=client)
+    assert upgraded.session is not None
+    streams = await open_command_streams(upgraded.session, stdin=True)
+    assert streams.stdin is not None
+    flooding = asyncio.create_task(streams.stdin.write(b"x" * (20 * 1024 * 1024)))
+    await asyncio.sleep(0.5)  # the server's stdin buffer is full and its reading paused
+    assert await read_all(streams.stdout) == b"bye\n"
+    assert json.loads(await read_all(streams.error))["status"] == "Success"
+    flooding.cancel()
+    await asyncio.gather(flooding, return_exceptions=True)
+    # Hang up gracefully, like client-go: our unsent stdin is flushed first, then FIN.
+    started = asyncio.get_running_loop().time()
+    upgraded.writer.close()
+    await wait_for(lambda: server.stats().sessions_open == 0, timeout=4)
+    assert asyncio.get_running_loop().time() - started < 3
+    await upgraded.aclose()

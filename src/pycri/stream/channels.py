@@ -140,6 +140,11 @@ class Channel(Protocol):
 
     def reset(self) -> None: ...
 
+    def discard_incoming(self) -> None:
+        """Drop what the peer sent and will send: nobody reads this channel any more, and
+        its full buffer must not hold up the session's other channels."""
+        ...
+
 
 class Session(Protocol):
     """An upgraded connection carrying channels (SPDY session, WebSocket connection)."""

@@ -171,6 +171,9 @@ async def forward_connection(
 
 async def _close_channels(*channels: Channel) -> None:
     for channel in channels:
+        # What the client still sends for a finished pair is dropped, so a full buffer
+        # cannot hold up the session's other pairs.
+        channel.discard_incoming()
         with contextlib.suppress(StreamClosedError):
             await channel.close_write()
 

@@ -213,7 +213,7 @@ async def accept_spdy_channels(
                 got[kind] = stream
             else:
                 log.debug("ignoring unexpected stream", extra={"stream_type": kind})
-                stream.inbound.discard()
+                stream.discard_incoming()
                 extra.append(stream)
     return CommandChannels(
         error=got["error"],
@@ -390,6 +390,10 @@ async def run_command(
         gone.cancel()
         if feeder is not None:
             feeder.cancel()
+        for channel in channels.all():
+            # Stdin nobody will read (the process exited first) must not stall the session
+            # while it waits for the client to hang up.
+            channel.discard_incoming()
         if not backend.done():  # we were cancelled ourselves (server shutdown)
             await cancel_and_wait(backend, grace=cancel_grace, what=what)
 

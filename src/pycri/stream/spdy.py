@@ -659,6 +659,9 @@ class SpdyStream:
                 return
             await self._session._send_data(self, memoryview(b""), fin=True)
 
+    def discard_incoming(self) -> None:
+        self.inbound.discard()
+
     def reset(self, status: RstStatus = RstStatus.CANCEL) -> None:
         """Abandon the stream (RST_STREAM); pending reads end, writes raise."""
         if self.was_reset:
@@ -1172,6 +1175,7 @@ class SpdySession:
             return
         self._closed = True
         self.close_reason = reason
+        log.debug("SPDY session ended", extra={"session": self.name, "reason": reason})
         for stream in list(self._streams.values()):
             self._end_stream(stream, reset=True)
             stream._reply_signal.fire()

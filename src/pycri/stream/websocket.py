@@ -79,6 +79,9 @@ class WsChannel:
             with contextlib.suppress(StreamClosedError):
                 await self._session._send_message(bytes((CLOSE_SIGNAL, self.number)), text=False)
 
+    def discard_incoming(self) -> None:
+        self.inbound.discard()
+
     def reset(self) -> None:
         self.local_closed = True
         self.was_reset = True
