@@ -581,3 +581,36 @@ async def test_stdin_left_unread_does_not_hold_up_the_end(make_server: MakeServe
     await wait_for(lambda: server.stats().sessions_open == 0, timeout=4)
     assert asyncio.get_running_loop().time() - started < 3
     await upgraded.aclose()
+
+
+async def test_a_finished_pair_cannot_stall_the_other_pairs(make_server: MakeServer) -> None:
+    # The pod side hangs up at once while the client (ignoring windows, like spdystream)
+    # keeps sending on that pair: the session must go on serving new pairs.
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    closer = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    closer_port = closer.sockets[0].getsockname()[1]
+    echo, echo_port = await echo_server()
+    server, _ = await make_server()
+    url = server.register_portforward(api_pb2.PortForwardRequest(pod_sandbox_id="pod1"))
+    client = SpdyOptions(peer_flow_control=FlowControlPolicy.IGNORE, receive_window=DEFAULT_WINDOW)
+    upgraded = await spdy_upgrade(url, protocols=["portforward.k8s.io"], options=client)
+    assert upgraded.session is not None
+    session = upgraded.session
+    try:
+        headers = {"streamType": "error", "port": str(closer_port), "requestID": "1"}
+        error = session.open_stream(headers)
+        await error.wait_reply()
+        data = session.open_stream({**headers, "streamType": "data"})
+        await data.wait_reply()
+        flooding = asyncio.create_task(data.write(b"f" * (30 * 1024 * 1024)))
+        await asyncio.sleep(0.5)
+        received, _ = await asyncio.wait_for(_forward(session, echo_port, 2, b"next pair"), 5)
+        assert received == b"next pair"
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+    finally:
+        await upgraded.aclose()
+        closer.close()
+        echo.close()
