@@ -565,3 +565,29 @@ async def test_pending_ping_fails_when_the_peer_hangs_up() -> None:
         writer.close()
         with pytest.raises(StreamClosedError):
             await asyncio.wait_for(ping, 2)
+
+
+async def test_discarded_data_still_returns_the_session_window() -> None:
+    # The client honours windows strictly; the server drops a stream nobody reads. The
+    # session window must come back, or the next stream would stall forever.
+    server_options = SpdyOptions(receive_window=DEFAULT_WINDOW)
+    client_options = SpdyOptions(peer_flow_control=FlowControlPolicy.ENFORCE)
+    async with session_pair(server_options, client_options) as pair:
+        ignored = pair.client.open_stream({"streamType": "data"})
+        dropped = await pair.server.accept()
+        assert dropped is not None
+        dropped.reply()
+        await ignored.wait_reply()
+        await ignored.write(b"i" * (60 * 1024))
+        await asyncio.sleep(0.1)
+        dropped.discard_incoming()
+        await ignored.write(b"late" * 1000)  # arrives after the discard: dropped too
+        used = pair.client.open_stream({"streamType": "data"})
+        accepted = await pair.server.accept()
+        assert accepted is not None
+        accepted.reply()
+        await used.wait_reply()
+        payload = b"u" * (300 * 1024)
+        writing = asyncio.create_task(used.write(payload))
+        assert await asyncio.wait_for(_read_exactly(accepted.read, len(payload)), 5) == payload
+        await asyncio.wait_for(writing, 2)

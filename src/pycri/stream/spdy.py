@@ -18,8 +18,8 @@ spec requires (they still count against the control frame size limit).
 values) are zlib-compressed with the SPDY/3 dictionary. Each direction of a connection uses
 *one* zlib stream for its whole life: a block is compressed and sync-flushed, never
 finished, and the receiver inflates block after block with one decompressor. Frames must
-therefore be encoded in the order they are written, which holds because the session
-encodes and writes a frame in the same synchronous step. Decompression is bounded
+therefore reach the wire in the order they were encoded, which holds because every frame
+goes through one ordered output queue (below). Decompression is bounded
 (``max_header_bytes``) against zip bombs.
 
 **Flow control**, as moby/spdystream (the SPDY library of kubelet, kubectl and crictl)
@@ -29,12 +29,14 @@ sends to our windows. Its only backpressure is TCP: each stream's data is handed
 unbuffered channel, so a stream whose reader is slow blocks spdystream's frame workers and
 then its socket reads. Hence the choices here:
 
-* *Receiving*: we keep a per-stream and a per-session receive window and send WINDOW_UPDATE
-  as the consumer takes data (once half a window was consumed), so a peer that honours
-  windows is paced by our consumer. A peer that overruns the window (spdystream always
-  does) is not treated as an error: its data is queued in the stream's ``InboundBuffer``
-  and, beyond ``receive_buffer_limit``, the read loop stops reading the socket until the
-  consumer catches up, which is exactly spdystream's own head-of-line behaviour.
+* *Receiving*: we keep a per-stream and a per-session receive window (``receive_window``,
+  256 KiB, announced at the start with SETTINGS and a session WINDOW_UPDATE when larger
+  than the 64 KiB default) and send WINDOW_UPDATE as the consumer takes data (once half a
+  window was consumed), so a peer that honours windows is paced by our consumer. A peer
+  that overruns the window (spdystream may) is not treated as an error: its data is queued
+  in the stream's ``InboundBuffer`` and, once a stream holds more than its window, the read
+  loop stops reading the socket until the consumer catches up, which is exactly
+  spdystream's own head-of-line behaviour. A peer honouring windows never gets there.
 * *Sending*: we start by honouring the peer's windows (64 KiB per stream and per session).
   Any WINDOW_UPDATE or SETTINGS(INITIAL_WINDOW_SIZE) from the peer proves it does flow
   control: from then on windows are enforced for the rest of the session, waiting as long
@@ -47,11 +49,13 @@ then its socket reads. Hence the choices here:
   updates longer than the grace *before ever sending one* would be misjudged; no SPDY peer of
   kubelet or crictl is like that.) ``FlowControlPolicy`` can force either behaviour.
 
-**Sessions.** ``SpdySession.run()`` is the read loop (the owner runs it as a task). Frames
-are written directly by whoever produces them, one ``write()`` per frame, then
-``drain()`` for backpressure; control frames written by the read loop (replies, PING
-answers, WINDOW_UPDATE, RST) are small and only drained when the transport buffer is
-unusually full, so a peer flooding PINGs without reading meets backpressure too. Incoming
+**Sessions.** ``SpdySession.run()`` is the read loop (the owner runs it as a task). Data
+frames are written by the writing coroutine, then ``drain()`` for backpressure. Control
+frames (replies, PING answers, WINDOW_UPDATE, RST) are encoded at once but queued, and go
+out together with the next data frame or at the end of the loop turn: returning window for
+every 32 KiB frame would otherwise cost a ``send()`` system call each. The read loop only
+drains when the transport buffer is unusually full, so a peer flooding PINGs without
+reading meets backpressure too. Incoming
 streams are queued for ``accept()``; unaccepted streams beyond ``max_streams`` are refused
 (RST REFUSED_STREAM). PINGs from the peer are echoed. GOAWAY from the peer stops new streams;
 ongoing ones continue.
@@ -64,8 +68,9 @@ session that is gone.
 
 Races:
 
-* *Frame order vs. compression*: encode-and-write is one synchronous step (no await
-  between compressing a header block and handing the frame to the transport).
+* *Frame order vs. compression*: a frame is encoded and appended to the output queue in
+  one synchronous step, and a data frame is written behind whatever the queue holds, so
+  the wire order is the encoding order (and a SYN_REPLY always precedes its stream's data).
 * *Writers of one stream*: a per-stream lock keeps one ``write()``'s frames together and the
   FIN after them.
 * *Window update during a wait*: the waiter sleeps on a ``Signal`` fired by every window
@@ -660,7 +665,11 @@ class SpdyStream:
             await self._session._send_data(self, memoryview(b""), fin=True)
 
     def discard_incoming(self) -> None:
+        """Drop queued and future data. The session window gets the bytes back (a peer
+        honouring it must not lose it to a stream nobody reads); the stream's does not."""
+        dropped = self.inbound.size
         self.inbound.discard()
+        self._session._return_session_window(dropped)
 
     def reset(self, status: RstStatus = RstStatus.CANCEL) -> None:
         """Abandon the stream (RST_STREAM); pending reads end, writes raise."""
@@ -1002,13 +1011,21 @@ class SpdySession:
         """The consumer took ``count`` bytes: return them to the peer's windows."""
         if self._closed or not self.options.send_window_updates:
             return
-        half = self.options.receive_window // 2
         stream._unacked += count
-        if stream._unacked >= half and not stream.remote_closed and not stream.was_reset:
+        if (
+            stream._unacked >= self.options.receive_window // 2
+            and not stream.remote_closed
+            and not stream.was_reset
+        ):
             self._send_frame(WindowUpdateFrame(stream_id=stream.id, delta=stream._unacked))
             stream._unacked = 0
+        self._return_session_window(count)
+
+    def _return_session_window(self, count: int) -> None:
+        if self._closed or not self.options.send_window_updates or count <= 0:
+            return
         self._session_unacked += count
-        if self._session_unacked >= half:
+        if self._session_unacked >= self.options.receive_window // 2:
             self._send_frame(WindowUpdateFrame(stream_id=0, delta=self._session_unacked))
             self._session_unacked = 0
 
@@ -1110,7 +1127,9 @@ class SpdySession:
             )
             self._end_stream(stream, reset=True)
             return
-        if count:
+        if count and stream.inbound.at_eof:
+            self._return_session_window(count)  # a discarded stream: dropped on arrival
+        elif count:
             stream.inbound.feed(frame.data)
             if stream.inbound.size > self.options.receive_window:
                 self.peer_overran_window = True
