@@ -614,3 +614,26 @@ async def test_a_finished_pair_cannot_stall_the_other_pairs(make_server: MakeSer
         await upgraded.aclose()
         closer.close()
         echo.close()
+
+
+async def test_websocket_attach(make_server: MakeServer) -> None:
+    server, backend = await make_server()
+    request = api_pb2.AttachRequest(container_id="c1", stdin=True, stdout=True, stderr=False)
+    async with ws_connect(
+        ws_url(server.register_attach(request)), subprotocols=["v5.channel.k8s.io"]
+    ) as ws:  # type: ignore[list-item]
+        await ws.send(b"\x00typed into attach")
+        await ws.send(b"\xff\x00")
+        messages = await _ws_messages(ws)
+    assert b"\x01typed into attach" in messages
+    assert b'\x03{"metadata":{},"status":"Success"}' in messages
+    assert backend.attach_requests == [request]
+
+
+async def test_websocket_client_disconnect_cancels_the_backend(make_server: MakeServer) -> None:
+    server, backend = await make_server()
+    url = server.register_exec(exec_request("sleep", "30"))
+    async with ws_connect(ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:  # type: ignore[list-item]
+        await asyncio.wait_for(backend.started.wait(), 3)
+        ws.transport.abort()
+    await wait_for(lambda: backend.cancelled == ["sleep"])

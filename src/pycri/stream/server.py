@@ -316,12 +316,12 @@ class StreamServer:
             log.exception("streaming connection failed", extra={"peer": peer})
         finally:
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
+            writer.close()  # flushes what is buffered (an error answer), then closes
+            try:
                 async with asyncio.timeout(2.0):
                     await writer.wait_closed()
-            if not writer.transport.is_closing():
-                writer.transport.abort()
+            except Exception:
+                writer.transport.abort()  # a peer that does not read: drop it
 
     async def _serve_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
