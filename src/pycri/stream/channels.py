@@ -16,6 +16,9 @@ port-forward are written once for both transports.
   ignores flow control (spdystream does) meets TCP backpressure instead of growing our
   memory. Every byte taken out is reported through ``on_consumed``, which SPDY turns into
   WINDOW_UPDATE frames.
+* ``linger_for_peer`` and ``close_writer`` are the graceful end shared by both transports
+  and the server: flush, give the peer a moment to hang up, close, abort if it will not.
+* ``watch_idle`` closes a session that saw no frame for the idle timeout.
 * ``Signal`` wakes every coroutine waiting for "something changed" (data arrived, room
   made, window opened); waiters re-check their condition, so a spurious wake-up is harmless
   and a lost one impossible (the state change and ``fire`` happen in the same step).
@@ -166,6 +169,32 @@ class Session(Protocol):
     async def close(self, *, linger: float = 0.0) -> None: ...
 
     def abort(self) -> None: ...
+
+
+async def linger_for_peer(
+    writer: asyncio.StreamWriter, *, peer_done: asyncio.Event, linger: float
+) -> None:
+    """Flush what is written, then give the peer ``linger`` s to hang up (``peer_done``).
+
+    The flush is bounded too (by ``linger``, at least a second): a peer that stopped reading
+    must not keep a finished session alive.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(max(linger, 1.0)):
+            await writer.drain()
+        if linger > 0:
+            async with asyncio.timeout(linger):
+                await peer_done.wait()
+
+
+async def close_writer(writer: asyncio.StreamWriter, *, timeout: float = 1.0) -> None:
+    """Close a connection (flushing its buffer); abort it if that takes longer than ``timeout``."""
+    writer.close()
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.wait_closed()
+    except Exception:
+        writer.transport.abort()
 
 
 async def watch_idle(session: Session, *, timeout: float, on_idle: Callable[[], None]) -> None:

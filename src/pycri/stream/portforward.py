@@ -18,7 +18,8 @@ opened by the backend (``connect(sandbox_id, port)``). How pairs come to exist d
 
 One shared path (``forward_connection``) then serves a pair:
 
-* A refused (or failed, or timed-out) connect is reported on the pair's error stream as
+* A refused (or failed, or timed-out) connect, or any exception from ``connect``, is
+  reported on the pair's error stream as
   ``error forwarding port P to pod S, uid : REASON`` (kubelet's words); both streams are
   then closed. The session stays up: other pairs are unaffected. (Recent clients choose to
   end the whole session when they read such an error: that is their decision.)
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pycri.stream.backend import StreamClosedError
-from pycri.stream.channels import Channel
+from pycri.stream.channels import Channel, close_writer
 from pycri.stream.spdy import RstStatus, SpdySession, SpdyStream
 from pycri.stream.websocket import WebSocketSession
 
@@ -123,9 +124,13 @@ async def forward_connection(
     try:
         async with asyncio.timeout(options.connect_timeout):
             reader, writer = await connect(port)
-    except OSError as exc:  # ConnectionRefusedError, TimeoutError, unreachable...
+    except Exception as exc:  # ConnectionRefusedError, TimeoutError, a backend's own error
         message = f"error forwarding port {port} to pod {sandbox_id}, uid : {exc}"
-        log.info("port-forward connect failed", extra={"port": port, "error": str(exc)})
+        log.info(
+            "port-forward connect failed",
+            exc_info=None if isinstance(exc, OSError) else exc,
+            extra={"port": port, "error": str(exc)},
+        )
         with contextlib.suppress(StreamClosedError):
             await error.write(message.encode())
         await _close_channels(data, error)
@@ -161,10 +166,7 @@ async def forward_connection(
         for task in (up, down):
             task.cancel()
         await asyncio.gather(up, down, return_exceptions=True)
-        writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await writer.wait_closed()
+        await close_writer(writer)
         await _close_channels(data, error)
     return outcome
 

@@ -367,6 +367,8 @@ async def run_command(
             await cancel_and_wait(backend, grace=cancel_grace, what=what)
             return CommandResult(outcome=Outcome.CLIENT_GONE)
         try:
+            if backend.cancelled():  # cancelled from inside (it awaited something cancelled)
+                raise RuntimeError("the backend was cancelled")
             code = backend.result()
         except StreamClosedError as exc:
             return CommandResult(outcome=Outcome.CLIENT_GONE, error=str(exc))

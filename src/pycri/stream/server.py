@@ -58,7 +58,7 @@ from cri_api.v1 import api_pb2
 from pycri.errors import CRIError, InvalidArgument
 from pycri.stream import portforward, remotecommand
 from pycri.stream.backend import StreamBackend, StreamIO
-from pycri.stream.channels import Session, watch_idle
+from pycri.stream.channels import Session, close_writer, watch_idle
 from pycri.stream.http import (
     HttpError,
     RequestHead,
@@ -316,12 +316,8 @@ class StreamServer:
             log.exception("streaming connection failed", extra={"peer": peer})
         finally:
             self._connections.discard(task)
-            writer.close()  # flushes what is buffered (an error answer), then closes
-            try:
-                async with asyncio.timeout(2.0):
-                    await writer.wait_closed()
-            except Exception:
-                writer.transport.abort()  # a peer that does not read: drop it
+            # Flushes what is buffered (an error answer); drops a peer that does not read.
+            await close_writer(writer, timeout=2.0)
 
     async def _serve_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str

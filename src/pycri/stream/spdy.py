@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from pycri.stream.backend import StreamClosedError
-from pycri.stream.channels import InboundBuffer, Signal
+from pycri.stream.channels import InboundBuffer, Signal, close_writer, linger_for_peer
 
 log = logging.getLogger(__name__)
 
@@ -773,19 +773,9 @@ class SpdySession:
             return
         self.goaway(status)
         self._flush()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(max(linger, 1.0)):
-                await self._writer.drain()
-            if linger > 0:
-                async with asyncio.timeout(linger):
-                    await self._eof_event.wait()
+        await linger_for_peer(self._writer, peer_done=self._eof_event, linger=linger)
         self._teardown("closed")
-        self._writer.close()
-        try:
-            async with asyncio.timeout(max(linger, 1.0)):
-                await self._writer.wait_closed()
-        except (TimeoutError, OSError):
-            self._writer.transport.abort()
+        await close_writer(self._writer, timeout=max(linger, 1.0))
 
     def abort(self) -> None:
         """Drop the connection now."""

@@ -41,7 +41,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from pycri.stream.backend import StreamClosedError
-from pycri.stream.channels import InboundBuffer
+from pycri.stream.channels import InboundBuffer, close_writer, linger_for_peer
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +155,13 @@ class WebSocketSession:
         """Close handshake (1000), waiting up to ``linger`` s for the client's answer."""
         if self._closed:
             return
-        with contextlib.suppress(Exception):
-            if self._protocol.state is State.OPEN:
-                self._protocol.send_close(1000)
+        if self._protocol.state is State.OPEN:
+            self._protocol.send_close(1000)
+            with contextlib.suppress(OSError):
                 self._flush()
-            async with asyncio.timeout(max(linger, 1.0)):
-                await self._writer.drain()
-            if linger > 0:
-                async with asyncio.timeout(linger):
-                    await self._eof_event.wait()
+        await linger_for_peer(self._writer, peer_done=self._eof_event, linger=linger)
         self._teardown("closed")
-        self._writer.close()
-        try:
-            async with asyncio.timeout(max(linger, 1.0)):
-                await self._writer.wait_closed()
-        except (TimeoutError, OSError):
-            self._writer.transport.abort()
+        await close_writer(self._writer, timeout=max(linger, 1.0))
 
     def abort(self) -> None:
         self._teardown("aborted")
