@@ -10,6 +10,7 @@ Skipped when ``/work/shared/bin/crictl`` is absent (a clone without the shared t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pycri.stream.server import StreamServer
+from pycri.stream.server import StreamServer, StreamServerConfig
 from tests.stream_support import (
     FakeBackend,
     FakeRuntime,
@@ -86,19 +87,23 @@ class Cri:
         return process.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-async def cri() -> AsyncIterator[Cri]:
+@contextlib.asynccontextmanager
+async def fake_cri(config: StreamServerConfig | None = None) -> AsyncIterator[Cri]:
     base = tempfile.mkdtemp(prefix="pycri-crictl-", dir="/tmp")  # short: unix socket path limit
-    config = os.path.join(base, "crictl.yaml")
-    Path(config).write_text("")
+    crictl_config = os.path.join(base, "crictl.yaml")
+    Path(crictl_config).write_text("")
     backend = FakeBackend()
-    server = StreamServer(backend=backend)
+    server = StreamServer(backend=backend, config=config)
     await server.start()
     socket_path = os.path.join(base, "cri.sock")
     grpc_server, runtime = await start_fake_runtime(server, socket_path)
     try:
         yield Cri(
-            server=server, backend=backend, runtime=runtime, socket=socket_path, config=config
+            server=server,
+            backend=backend,
+            runtime=runtime,
+            socket=socket_path,
+            config=crictl_config,
         )
     finally:
         await grpc_server.stop(0)
@@ -106,33 +111,48 @@ async def cri() -> AsyncIterator[Cri]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+async def fake() -> AsyncIterator[Cri]:
+    """The fake runtime for this module (not conftest's ``cri``, which runs a real daemon)."""
+    async with fake_cri() as running:
+        yield running
+
+
 def _mib_per_s(size: int, seconds: float) -> float:
     return size / (1024 * 1024) / seconds
 
 
-async def test_exec_prints_output_and_succeeds(cri: Cri) -> None:
-    code, out, err = await cri.run("exec", "c1", "echo", "hello", "from", "pycri")
+async def test_exec_prints_output_and_succeeds(fake: Cri) -> None:
+    code, out, err = await fake.run("exec", "c1", "echo", "hello", "from", "pycri")
     assert (code, out) == (0, b"hello from pycri\n"), err
-    assert "Exec" in cri.runtime.calls
+    assert "Exec" in fake.runtime.calls
 
 
-async def test_exec_non_zero_exit_code_reaches_crictl(cri: Cri) -> None:
-    code, _, err = await cri.run("exec", "c1", "exit", "3")
+async def test_exec_over_tls_with_the_generated_certificate() -> None:
+    async with fake_cri(StreamServerConfig(tls=True)) as tls:
+        assert tls.server.base_url.startswith("https://")
+        # crictl does not verify the streaming certificate unless given a CA.
+        code, out, err = await tls.run("exec", "c1", "echo", "over", "tls")
+        assert (code, out) == (0, b"over tls\n"), err
+
+
+async def test_exec_non_zero_exit_code_reaches_crictl(fake: Cri) -> None:
+    code, _, err = await fake.run("exec", "c1", "exit", "3")
     # crictl 1.26 turns the NonZeroExitCode status into this message and exits 1.
     assert code != 0
     assert b"command terminated with exit code 3" in err
 
 
-async def test_exec_internal_error_is_reported(cri: Cri) -> None:
-    code, _, err = await cri.run("exec", "c1", "fail")
+async def test_exec_internal_error_is_reported(fake: Cri) -> None:
+    code, _, err = await fake.run("exec", "c1", "fail")
     assert code != 0
     assert b"the fake backend failed" in err
 
 
-async def test_exec_large_output_is_intact(cri: Cri) -> None:
+async def test_exec_large_output_is_intact(fake: Cri) -> None:
     size = 24 * 1024 * 1024
     started = time.perf_counter()
-    code, out, err = await cri.run("exec", "c1", "generate", str(size), "11")
+    code, out, err = await fake.run("exec", "c1", "generate", str(size), "11")
     elapsed = time.perf_counter() - started
     assert code == 0, err
     assert len(out) == size
@@ -142,9 +162,9 @@ async def test_exec_large_output_is_intact(cri: Cri) -> None:
     )
 
 
-async def test_exec_interactive_stdin_and_its_eof(cri: Cri) -> None:
+async def test_exec_interactive_stdin_and_its_eof(fake: Cri) -> None:
     payload = pattern(6 * 1024 * 1024, 12)
-    code, out, err = await cri.run("exec", "-i", "c1", "cat", stdin=payload)
+    code, out, err = await fake.run("exec", "-i", "c1", "cat", stdin=payload)
     assert code == 0, err
     assert hashlib.sha256(out).digest() == hashlib.sha256(payload).digest()
 
@@ -171,11 +191,11 @@ async def _read_until(master: int, pattern_: bytes, timeout: float = 10) -> byte
     return bytes(seen)
 
 
-async def test_exec_tty_resize_and_input(cri: Cri) -> None:
+async def test_exec_tty_resize_and_input(fake: Cri) -> None:
     master, slave = pty.openpty()
     _set_size(slave, 100, 30)
     process = await asyncio.create_subprocess_exec(
-        *cri.argv("exec", "-it", "c1", "sizes", "2"), stdin=slave, stdout=slave, stderr=slave
+        *fake.argv("exec", "-it", "c1", "sizes", "2"), stdin=slave, stdout=slave, stderr=slave
     )
     os.close(slave)
     try:
@@ -185,13 +205,13 @@ async def test_exec_tty_resize_and_input(cri: Cri) -> None:
         process.send_signal(signal.SIGWINCH)
         assert b"120x40" in await _read_until(master, b"120x40")
         assert await asyncio.wait_for(process.wait(), 10) == 0
-        request = cri.backend.exec_requests[-1]
+        request = fake.backend.exec_requests[-1]
         assert request.tty and request.stdin and not request.stderr
 
         # Keystrokes travel through the raw terminal to the backend and back.
         master2, slave2 = pty.openpty()
         echo = await asyncio.create_subprocess_exec(
-            *cri.argv("exec", "-it", "c1", "head", "5"), stdin=slave2, stdout=slave2, stderr=slave2
+            *fake.argv("exec", "-it", "c1", "head", "5"), stdin=slave2, stdout=slave2, stderr=slave2
         )
         os.close(slave2)
         await asyncio.sleep(0.5)
@@ -206,16 +226,16 @@ async def test_exec_tty_resize_and_input(cri: Cri) -> None:
         os.close(master)
 
 
-async def test_attach_with_and_without_stdin(cri: Cri) -> None:
-    code, out, err = await cri.run("attach", "-i", "c1", stdin=b"to the container\n")
+async def test_attach_with_and_without_stdin(fake: Cri) -> None:
+    code, out, err = await fake.run("attach", "-i", "c1", stdin=b"to the container\n")
     assert (code, out) == (0, b"to the container\n"), err
-    code, out, err = await cri.run("attach", "c1")
+    code, out, err = await fake.run("attach", "c1")
     assert (code, out) == (0, b"attached\n"), err
 
 
-async def _forwarded(cri: Cri, remote_port: int) -> tuple[asyncio.subprocess.Process, int]:
+async def _forwarded(fake: Cri, remote_port: int) -> tuple[asyncio.subprocess.Process, int]:
     process = await asyncio.create_subprocess_exec(
-        *cri.argv("port-forward", "pod1", f"0:{remote_port}"),
+        *fake.argv("port-forward", "pod1", f"0:{remote_port}"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -245,9 +265,9 @@ async def _round_trip(port: int, payload: bytes) -> bytes:
     return digest.digest()
 
 
-async def test_port_forward_carries_data_both_ways_over_several_connections(cri: Cri) -> None:
+async def test_port_forward_carries_data_both_ways_over_several_connections(fake: Cri) -> None:
     echo, echo_port = await echo_server()
-    process, local_port = await _forwarded(cri, echo_port)
+    process, local_port = await _forwarded(fake, echo_port)
     try:
         payloads = [pattern(32 * 1024 * 1024, seed) for seed in range(4)]
         started = time.perf_counter()
@@ -270,9 +290,9 @@ async def test_port_forward_carries_data_both_ways_over_several_connections(cri:
         echo.close()
 
 
-async def test_port_forward_to_a_closed_port_reports_the_error(cri: Cri) -> None:
+async def test_port_forward_to_a_closed_port_reports_the_error(fake: Cri) -> None:
     closed_port = free_port()
-    process, local_port = await _forwarded(cri, closed_port)
+    process, local_port = await _forwarded(fake, closed_port)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
         assert await asyncio.wait_for(reader.read(), 15) == b""

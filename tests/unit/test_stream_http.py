@@ -68,10 +68,14 @@ def test_malformed_heads_are_400(raw: bytes) -> None:
         ("POST /exec/a/b HTTP/1.1", 404),
         ("POST /run/abc HTTP/1.1", 404),
         ("DELETE /exec/abc HTTP/1.1", 405),
+        ("POST /exec/abc HTTP/1.1|Content-Length: 3", 400),
+        ("POST /exec/abc HTTP/1.1|Transfer-Encoding: chunked", 400),
+        ("POST /exec/abc HTTP/1.1|Content-Length: 0", (RouteKind.EXEC, "abc")),
     ],
 )
 def test_routes(request_line: str, expected: object) -> None:
-    parsed = parse_request_head(head(request_line=request_line))
+    line, *headers = request_line.split("|")
+    parsed = parse_request_head(head(*headers, request_line=line))
     if isinstance(expected, int):
         with pytest.raises(HttpError) as error:
             route(parsed)

@@ -163,6 +163,9 @@ def route(head: RequestHead) -> tuple[RouteKind, str]:
         raise HttpError(404, "404 page not found") from None
     if head.method not in ("GET", "POST"):
         raise HttpError(405, f"method {head.method} not allowed")
+    if head.header("Transfer-Encoding") or (head.header("Content-Length") or "0") != "0":
+        # Whatever follows the head belongs to the upgraded protocol: a body cannot.
+        raise HttpError(400, "a streaming request has no body")
     return kind, parts[2]
 
 
