@@ -1,0 +1,1 @@
+"""CRI streaming (Exec, Attach, PortForward): the HTTP server, SPDY and WebSocket."""

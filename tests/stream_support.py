@@ -1,0 +1,361 @@
+"""Test doubles for the streaming server: a pure-Python backend and a fake CRI RuntimeService.
+
+``FakeBackend`` interprets a tiny command language instead of running processes:
+
+* ``echo ARGS...`` writes the arguments and a newline to stdout, exit 0;
+* ``exit N`` exits with N; ``fail`` raises (an internal error);
+* ``stderr TEXT`` writes TEXT to stderr;
+* ``cat`` copies stdin to stdout until stdin ends;
+* ``generate BYTES SEED`` writes BYTES pseudo-random bytes (``pattern(BYTES, SEED)``);
+* ``sleep SECONDS`` sleeps (records its cancellation in ``cancelled``);
+* ``sizes N`` prints the first N terminal sizes it gets, one ``WxH`` line each;
+* ``head N`` echoes the first N bytes of stdin, then exits.
+
+``attach`` echoes stdin to stdout (and records the request). ``connect`` opens a TCP
+connection to 127.0.0.1:PORT, so a port with nothing listening is refused for real.
+
+``FakeRuntime`` answers the RPCs crictl needs around streaming (Version, Status,
+ContainerStatus, PodSandboxStatus, Exec, Attach, PortForward) with URLs of a real
+``StreamServer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from pycri.stream.backend import StreamIO
+from pycri.stream.server import StreamServer
+from pycri.stream.spdy import SpdyOptions, SpdySession, SpdyStream
+
+CHUNK = 64 * 1024
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """``size`` pseudo-random bytes: a random block of prime length, repeated.
+
+    The prime period makes reordered, lost or duplicated frames show as a mismatch while
+    keeping large payloads cheap to make.
+    """
+    block = random.Random(seed).randbytes(min(size, 1_000_003))
+    return (block * (size // len(block) + 1))[:size]
+
+
+@dataclass
+class FakeBackend:
+    cancelled: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    exec_requests: list[api_pb2.ExecRequest] = field(default_factory=list)
+    attach_requests: list[api_pb2.AttachRequest] = field(default_factory=list)
+    connects: list[tuple[str, int]] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def exec(self, request: api_pb2.ExecRequest, io: StreamIO) -> int:
+        self.exec_requests.append(request)
+        self.started.set()
+        name, *args = list(request.cmd)
+        try:
+            return await self._run(name, args, io)
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        finally:
+            self.finished.append(name)
+
+    async def _run(self, name: str, args: list[str], io: StreamIO) -> int:
+        out = io.stdout
+        if name == "echo":
+            assert out is not None
+            await out.write((" ".join(args) + "\n").encode())
+            return 0
+        if name == "exit":
+            return int(args[0])
+        if name == "fail":
+            raise RuntimeError("the fake backend failed")
+        if name == "stderr":
+            assert io.stderr is not None
+            await io.stderr.write(args[0].encode())
+            return 0
+        if name == "cat":
+            assert out is not None and io.stdin is not None
+            async for chunk in io.stdin:
+                await out.write(chunk)
+            return 0
+        if name == "generate":
+            assert out is not None
+            data = memoryview(pattern(int(args[0]), int(args[1])))
+            for start in range(0, len(data), CHUNK):
+                await out.write(bytes(data[start : start + CHUNK]))
+            return 0
+        if name == "sleep":
+            await asyncio.sleep(float(args[0]))
+            return 0
+        if name == "head":
+            assert out is not None and io.stdin is not None
+            wanted = int(args[0])
+            async for chunk in io.stdin:
+                await out.write(chunk[:wanted])
+                wanted -= len(chunk)
+                if wanted <= 0:
+                    break
+            return 0
+        if name == "sizes":
+            assert out is not None and io.resize is not None
+            wanted = int(args[0])
+            async for size in io.resize:
+                await out.write(f"{size.width}x{size.height}\n".encode())
+                wanted -= 1
+                if wanted == 0:
+                    break
+            return 0
+        raise RuntimeError(f"unknown fake command {name!r}")
+
+    async def attach(self, request: api_pb2.AttachRequest, io: StreamIO) -> None:
+        self.attach_requests.append(request)
+        self.started.set()
+        try:
+            if io.stdin is not None and io.stdout is not None:
+                async for chunk in io.stdin:
+                    await io.stdout.write(chunk)
+            elif io.stdout is not None:
+                await io.stdout.write(b"attached\n")
+        except asyncio.CancelledError:
+            self.cancelled.append("attach")
+            raise
+
+    async def connect(
+        self, sandbox_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.connects.append((sandbox_id, port))
+        return await asyncio.open_connection("127.0.0.1", port)
+
+
+class FakeRuntime(api_pb2_grpc.RuntimeServiceServicer):
+    """Just enough RuntimeService for crictl exec / attach / port-forward."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self.server = server
+        self.calls: list[str] = []
+
+    async def Version(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("Version")
+        return api_pb2.VersionResponse(
+            version="0.1.0", runtime_name="fake", runtime_version="0", runtime_api_version="v1"
+        )
+
+    async def Status(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("Status")
+        return api_pb2.StatusResponse(status=api_pb2.RuntimeStatus())
+
+    async def ContainerStatus(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("ContainerStatus")
+        return api_pb2.ContainerStatusResponse(
+            status=api_pb2.ContainerStatus(id=request.container_id, state=api_pb2.CONTAINER_RUNNING)
+        )
+
+    async def PodSandboxStatus(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("PodSandboxStatus")
+        return api_pb2.PodSandboxStatusResponse(
+            status=api_pb2.PodSandboxStatus(id=request.pod_sandbox_id, state=api_pb2.SANDBOX_READY)
+        )
+
+    async def Exec(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("Exec")
+        return api_pb2.ExecResponse(url=self.server.register_exec(request))
+
+    async def Attach(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("Attach")
+        return api_pb2.AttachResponse(url=self.server.register_attach(request))
+
+    async def PortForward(self, request, context):  # type: ignore[no-untyped-def]
+        self.calls.append("PortForward")
+        return api_pb2.PortForwardResponse(url=self.server.register_portforward(request))
+
+
+async def start_fake_runtime(
+    server: StreamServer, socket_path: str
+) -> tuple[grpc.aio.Server, FakeRuntime]:
+    grpc_server = grpc.aio.server()
+    runtime = FakeRuntime(server)
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, grpc_server)
+    grpc_server.add_insecure_port(f"unix://{socket_path}")
+    await grpc_server.start()
+    return grpc_server, runtime
+
+
+# ---------------------------------------------------------------------------- test clients
+
+
+@dataclass
+class Upgraded:
+    """The answer to an upgrade request; ``session`` is running if it was a SPDY 101."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    session: SpdySession | None
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None = None
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            self.session.abort()
+        self.writer.close()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def spdy_upgrade(
+    url: str,
+    *,
+    protocols: Sequence[str] = ("v4.channel.k8s.io",),
+    method: str = "POST",
+    upgrade: bool = True,
+    options: SpdyOptions | None = None,
+) -> Upgraded:
+    """Send the upgrade request crictl sends; start a client session on 101."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
+    if upgrade:
+        lines += ["Connection: Upgrade", "Upgrade: SPDY/3.1"]
+    lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    status = int(status_line.split(" ")[1])
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+    if status != 101:
+        body = await reader.read()
+        return Upgraded(
+            status=status, headers=headers, body=body, session=None, reader=reader, writer=writer
+        )
+    session = SpdySession(reader=reader, writer=writer, is_server=False, options=options)
+    task = asyncio.create_task(session.run())
+    return Upgraded(
+        status=status,
+        headers=headers,
+        body=b"",
+        session=session,
+        reader=reader,
+        writer=writer,
+        task=task,
+    )
+
+
+async def read_all(stream: SpdyStream | None) -> bytes:
+    if stream is None:
+        return b""
+    data = bytearray()
+    while chunk := await stream.read():
+        data += chunk
+    return bytes(data)
+
+
+@dataclass
+class CommandStreams:
+    error: SpdyStream
+    stdin: SpdyStream | None
+    stdout: SpdyStream | None
+    stderr: SpdyStream | None
+    resize: SpdyStream | None
+
+
+async def open_command_streams(
+    session: SpdySession,
+    *,
+    stdin: bool,
+    stdout: bool = True,
+    stderr: bool = True,
+    resize: bool = False,
+) -> CommandStreams:
+    """Open the streams in client-go's order, waiting for each reply like it does."""
+    opened: dict[str, SpdyStream] = {}
+    for kind, wanted in (
+        ("error", True),
+        ("stdin", stdin),
+        ("stdout", stdout),
+        ("stderr", stderr),
+        ("resize", resize),
+    ):
+        if wanted:
+            stream = session.open_stream({"streamType": kind})
+            await asyncio.wait_for(stream.wait_reply(), 5)
+            opened[kind] = stream
+    return CommandStreams(
+        error=opened["error"],
+        stdin=opened.get("stdin"),
+        stdout=opened.get("stdout"),
+        stderr=opened.get("stderr"),
+        resize=opened.get("resize"),
+    )
+
+
+async def spdy_command(
+    url: str,
+    *,
+    stdin: bytes | None = None,
+    stderr: bool = True,
+    protocol: str = "v4.channel.k8s.io",
+) -> tuple[bytes, bytes, bytes]:
+    """Run an exec/attach like crictl: (stdout, stderr, error stream)."""
+    upgraded = await spdy_upgrade(url, protocols=[protocol])
+    assert upgraded.status == 101, upgraded.body
+    assert upgraded.session is not None
+    try:
+        streams = await open_command_streams(
+            upgraded.session, stdin=stdin is not None, stderr=stderr
+        )
+
+        async def send() -> None:
+            if streams.stdin is not None and stdin is not None:
+                await streams.stdin.write(stdin)
+                await streams.stdin.close_write()
+
+        _, out, err, status = await asyncio.wait_for(
+            asyncio.gather(
+                send(), read_all(streams.stdout), read_all(streams.stderr), read_all(streams.error)
+            ),
+            10,
+        )
+        return out, err, status
+    finally:
+        await upgraded.aclose()
+
+
+async def echo_server() -> tuple[asyncio.Server, int]:
+    """A TCP echo server on 127.0.0.1 that half-closes after its peer does."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(256 * 1024):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def free_port() -> int:
+    """A port with nothing listening on it (connections to it are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
