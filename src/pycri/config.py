@@ -60,7 +60,16 @@ class Config:
     max_container_log_line_size: int = 16384
     # address of the exec/attach/port-forward streaming server
     stream_address: str = "127.0.0.1"
+    # its port; 0 picks a free one
     stream_port: int = 0
+    # serve the streaming server over TLS (a self-signed certificate unless files are given)
+    stream_tls: bool = False
+    stream_tls_cert_file: str = ""
+    stream_tls_key_file: str = ""
+    # seconds without a frame either way after which a stream is closed
+    stream_idle_timeout: int = 14400
+    # streams open at once; beyond it clients get 429 and retry
+    stream_max_concurrent: int = 128
     # seccomp profile of containers and pods that ask for none (runtime/default, unconfined,
     # localhost/<absolute path>); empty: no filter, as the CRI says
     seccomp_unset_profile: str = ""
@@ -123,6 +132,13 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"config key {key!r}: {getattr(config, key)!r} must be absolute")
     if not 0 <= config.stream_port <= 65535:
         raise ConfigError(f"config key 'stream_port': {config.stream_port} is not a port")
+    if bool(config.stream_tls_cert_file) != bool(config.stream_tls_key_file):
+        raise ConfigError(
+            "config keys 'stream_tls_cert_file' and 'stream_tls_key_file' go together"
+        )
+    for key in ("stream_idle_timeout", "stream_max_concurrent"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"config key {key!r}: must be positive")
     for host, mirrors in config.registry.mirrors.items():
         if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
             raise ConfigError(f"config key 'registry.mirrors.{host}': expected a list of URLs")

@@ -44,9 +44,11 @@ from pycri.service.faults import Faults
 from pycri.service.reconcile import Reconciler
 from pycri.service.recovery import recover
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
+from pycri.service.streaming import StreamingBackend
 from pycri.store.container import ContainerStore
 from pycri.store.names import NameIndex
 from pycri.store.sandbox import SandboxStore
+from pycri.stream.server import StreamServer, StreamServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,20 @@ def build_runtime(
         handler=exits.handle, on_failure=exits.failed, name="exits"
     )
     netns = NetNS(paths.netns_dir)
+    streams = StreamServer(
+        backend=StreamingBackend(
+            containers=containers, sandboxes=sandboxes, containerd=client, paths=paths
+        ),
+        config=StreamServerConfig(
+            address=config.stream_address,
+            port=config.stream_port,
+            tls=config.stream_tls,
+            tls_cert_file=config.stream_tls_cert_file or None,
+            tls_key_file=config.stream_tls_key_file or None,
+            idle_timeout_s=float(config.stream_idle_timeout),
+            max_concurrent_streams=config.stream_max_concurrent,
+        ),
+    )
     security = probe_node_security()
     try:
         validate_unset_profile(config.seccomp_unset_profile)
@@ -109,6 +125,7 @@ def build_runtime(
         monitors=ExitMonitors(waiter=client.tasks, submit=dispatcher.submit),
         dispatcher=dispatcher,
         events=events,
+        streams=streams,
         faults=faults,
         metrics=metrics,
     )
@@ -185,6 +202,11 @@ class Daemon:
                 lambda: rt.events.broadcaster.dropped_subscribers
             ),
             "pycri_containerd_reconnects_total": lambda: self.events.reconnects,
+            "pycri_streams_open": lambda: rt.streams.stats().sessions_open,
+            "pycri_streams_total": lambda: sum(rt.streams.stats().sessions_total.values()),
+            "pycri_stream_received_bytes_total": lambda: rt.streams.stats().bytes_in,
+            "pycri_stream_sent_bytes_total": lambda: rt.streams.stats().bytes_out,
+            "pycri_stream_errors_total": lambda: rt.streams.stats().errors,
             "pycri_sandboxes": lambda: len(rt.sandboxes),
             "pycri_containers": lambda: len(rt.containers),
         }
@@ -209,6 +231,7 @@ class Daemon:
         self.events.start()
         async with asyncio.timeout(10):
             await self.events.subscribed.wait()
+        await self.runtime.streams.start()  # before any RPC can hand out one of its URLs
         await self.server.start()  # answers "not initialized" until recovery is done
         await self.runtime.network.start()  # CNI config loaded before the first Status
         await recover(self.runtime)
@@ -233,6 +256,7 @@ class Daemon:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.events.stop()
+        await self.runtime.streams.stop()  # ends sessions: their exec processes are deleted
         await self.runtime.pulls.close()
         await self.runtime.network.stop()
         await self.runtime.monitors.stop()

@@ -76,6 +76,23 @@ LIVE_METRICS = (
         "Re-subscriptions to containerd's event stream.",
         "counter",
     ),
+    LiveMetric("pycri_streams_open", "Exec, attach and port-forward sessions open now."),
+    LiveMetric("pycri_streams_total", "Exec, attach and port-forward sessions started.", "counter"),
+    LiveMetric(
+        "pycri_stream_received_bytes_total",
+        "Data bytes received from streaming clients (stdin, forwarded ports).",
+        "counter",
+    ),
+    LiveMetric(
+        "pycri_stream_sent_bytes_total",
+        "Data bytes sent to streaming clients (stdout, stderr, forwarded ports).",
+        "counter",
+    ),
+    LiveMetric(
+        "pycri_stream_errors_total",
+        "Streaming requests refused (bad, expired or reused tokens, limits) or sessions failed.",
+        "counter",
+    ),
     LiveMetric("pycri_sandboxes", "Pod sandboxes pycri knows, in any state."),
     LiveMetric("pycri_containers", "Containers pycri knows, in any state."),
 )

@@ -315,3 +315,37 @@ async def leftovers(daemon: Daemon, client: ContainerdClient) -> Leftovers:
         leases=frozenset(lease.id for lease in await client.leases.list()),
         files=await asyncio.to_thread(entries),
     )
+
+
+@dataclass(frozen=True)
+class CrictlResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+async def run_crictl(
+    crictl: Path,
+    daemon: Daemon,
+    *args: str,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+) -> CrictlResult:
+    """Run the real crictl against ``daemon`` (both endpoints, a generous --timeout)."""
+    endpoint = f"unix://{daemon.socket}"
+    proc = await asyncio.create_subprocess_exec(
+        str(crictl),
+        "--runtime-endpoint",
+        endpoint,
+        "--image-endpoint",
+        endpoint,
+        "--timeout",
+        f"{int(timeout)}s",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout + 10)
+    assert proc.returncode is not None
+    return CrictlResult(proc.returncode, out, err)

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from pycri.cio.container_io import ContainerIO, ContainerIOClosedError, ExecIO
+from pycri.cio.container_io import (
+    Attachment,
+    ContainerIO,
+    ContainerIOClosedError,
+    ExecIO,
+    ForwardingSink,
+    OutputFanout,
+)
 from pycri.cio.fifo import FifoReader, StdioPaths, create_fifos, remove_fifos, stdio_paths
 
 LINE_RE = re.compile(
@@ -530,3 +537,98 @@ def test_create_fifos_failure_removes_only_what_it_made(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         create_fifos(paths)
     assert os.listdir(tmp_path / "d") == ["p-stderr"]
+
+
+# --------------------------------------------------------------------------------------------
+# Attach fan-out and streamed exec output
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.finished = False
+
+    def feed(self, data: bytes) -> None:
+        self.data += data
+
+    def finish(self) -> None:
+        self.finished = True
+
+    async def wait_writable(self) -> None:
+        pass
+
+
+async def _take(attachment: Attachment) -> list[tuple[str, bytes]]:
+    return [item async for item in attachment]
+
+
+async def test_every_attacher_gets_the_output_and_the_log_too() -> None:
+    fanout = OutputFanout(log_extra={})
+    log_out, log_err = _Sink(), _Sink()
+    stdout, stderr = fanout.sink("stdout", log_out), fanout.sink("stderr", log_err)
+    first, second = fanout.subscribe(), fanout.subscribe()
+    stdout.feed(b"a")
+    stderr.feed(b"b")
+    await stdout.wait_writable()
+    stdout.finish()
+    stderr.finish()
+    assert await _take(first) == [("stdout", b"a"), ("stderr", b"b")]
+    assert await _take(second) == [("stdout", b"a"), ("stderr", b"b")]
+    assert (bytes(log_out.data), bytes(log_err.data)) == (b"a", b"b")
+    assert await _take(fanout.subscribe()) == []  # attaching after the end: nothing more
+
+
+async def test_a_stalled_attacher_is_dropped_not_the_container() -> None:
+    fanout = OutputFanout(log_extra={}, limit=10, stall_timeout=0.1)
+    stdout = fanout.sink("stdout", _Sink())
+    stuck, reading = fanout.subscribe(), fanout.subscribe()
+    got: list[bytes] = []
+
+    async def read() -> None:
+        async for _, data in reading:
+            got.append(data)
+
+    reader = asyncio.create_task(read())
+    for _ in range(3):
+        stdout.feed(b"x" * 8)
+        await asyncio.wait_for(stdout.wait_writable(), 2)  # never stalls longer than 0.1 s
+    stdout.finish()
+    await asyncio.wait_for(reader, 2)
+    assert b"".join(got) == b"x" * 24
+    assert stuck.dropped
+    items = await _take(stuck)
+    assert sum(len(data) for _, data in items) < 24  # cut off when it stalled
+
+
+async def test_forwarding_sink_discards_once_the_client_is_gone() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        async def write(self, data: bytes) -> None:
+            if len(self.data) >= 4:
+                raise ConnectionResetError("gone")
+            self.data += data
+
+    client = Client()
+    sink = ForwardingSink(client, log_extra={})
+    for chunk in (b"ab", b"cd", b"ef", b"gh"):
+        sink.feed(chunk)
+        await sink.wait_writable()  # never raises: the process must not block or fail
+    assert bytes(client.data) == b"abcd"
+
+
+def test_stream_stats_count_refusals_and_failed_sessions() -> None:
+    from pycri.stream.server import StreamStats
+
+    stats = StreamStats(
+        sessions_open=0,
+        sessions_total={"exec": 4},
+        outcomes={"exec:exited": 2, "exec:error": 1, "attach:stream_creation_timeout": 1},
+        bytes_in=0,
+        bytes_out=0,
+        rejected={404: 2, 429: 1},
+        portforward_connections={},
+        tokens_pending=0,
+    )
+    assert stats.errors == 5

@@ -136,7 +136,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"daemon", "cli", "check", "gc"}),
     frozenset({"api"}),
     frozenset({"service"}),
-    frozenset({"events", "images", "net", "oci", "security", "testing"}),
+    frozenset({"events", "images", "net", "oci", "security", "stream", "testing"}),
     frozenset({"store"}),
     frozenset({"cio", "containerd"}),
     frozenset({"errors", "config", "paths", "cgroups", "metrics", "log", "pycri"}),

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -187,6 +187,144 @@ async def _copy_until_eof(
         fifo.close()
 
 
+ATTACH_BUFFER_BYTES: Final = 1024 * 1024
+ATTACH_STALL_TIMEOUT: Final = 10.0
+
+
+class Attachment:
+    """One attacher's view of a container's output from now on: ``(stream, bytes)`` items
+    until the container's output ends (or this attacher is dropped for stalling)."""
+
+    def __init__(self, fanout: OutputFanout) -> None:
+        self._fanout = fanout
+        self._queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self.buffered = 0
+        self.dropped = False
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def _push(self, item: tuple[str, bytes] | None) -> None:
+        if item is not None:
+            self.buffered += len(item[1])
+            if self.buffered > self._fanout.limit:
+                self._room.clear()
+        self._queue.put_nowait(item)
+
+    async def _wait_room(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._room.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    def __aiter__(self) -> Attachment:
+        return self
+
+    async def __anext__(self) -> tuple[str, bytes]:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)  # stay at the end for later calls
+            raise StopAsyncIteration
+        self.buffered -= len(item[1])
+        if self.buffered <= self._fanout.limit // 2:
+            self._room.set()
+        return item
+
+    def close(self) -> None:
+        self._fanout.unsubscribe(self)
+
+
+class _TeeSink:
+    """A stream's sink (the CRI log) that also hands every chunk to the attachers."""
+
+    def __init__(self, fanout: OutputFanout, stream: str, inner: _OutputSink) -> None:
+        self._fanout = fanout
+        self._stream = stream
+        self._inner = inner
+
+    def feed(self, data: bytes) -> None:
+        self._inner.feed(data)
+        self._fanout.push(self._stream, data)
+
+    def finish(self) -> None:
+        self._inner.finish()
+        self._fanout.stream_ended()
+
+    async def wait_writable(self) -> None:
+        await self._inner.wait_writable()
+        await self._fanout.wait_room()
+
+
+class OutputFanout:
+    """Attach: every attacher gets the container's output from the moment it attached, while
+    the CRI log keeps being written unchanged.
+
+    Backpressure, as containerd's attach has, but bounded: an attacher that has more than
+    ``limit`` bytes unread holds the FIFO reader (so the container's writes wait, like a slow
+    terminal) for at most ``stall_timeout`` seconds; then it is dropped (its iteration ends)
+    so one stuck client can never stall a container for long. With no attacher the readers
+    run at the log's pace, as before.
+    """
+
+    def __init__(
+        self,
+        *,
+        log_extra: dict[str, str],
+        limit: int = ATTACH_BUFFER_BYTES,
+        stall_timeout: float = ATTACH_STALL_TIMEOUT,
+    ) -> None:
+        self.limit = limit
+        self.stall_timeout = stall_timeout
+        self._log_extra = log_extra
+        self._attachers: set[Attachment] = set()
+        self._streams = 0
+        self._ended = 0
+
+    def sink(self, stream: str, inner: _OutputSink) -> _OutputSink:
+        self._streams += 1
+        return _TeeSink(self, stream, inner)
+
+    @property
+    def ended(self) -> bool:
+        return self._streams > 0 and self._ended >= self._streams
+
+    def subscribe(self) -> Attachment:
+        attachment = Attachment(self)
+        if self.ended:
+            attachment._push(None)
+        else:
+            self._attachers.add(attachment)
+        return attachment
+
+    def unsubscribe(self, attachment: Attachment) -> None:
+        self._attachers.discard(attachment)
+
+    def push(self, stream: str, data: bytes) -> None:
+        for attachment in self._attachers:
+            attachment._push((stream, data))
+
+    def stream_ended(self) -> None:
+        self._ended += 1
+        if self.ended:
+            for attachment in list(self._attachers):
+                attachment._push(None)
+            self._attachers.clear()
+
+    async def wait_room(self) -> None:
+        for attachment in list(self._attachers):
+            if attachment.buffered > self.limit and not await attachment._wait_room(
+                self.stall_timeout
+            ):
+                logger.warning(
+                    "attached client too slow; detached it",
+                    extra={**self._log_extra, "buffered_bytes": attachment.buffered},
+                )
+                attachment.dropped = True
+                self.unsubscribe(attachment)
+                attachment._push(None)
+
+
 class ContainerIO:
     """The stdio of one container task; see the module docstring for the life cycle."""
 
@@ -198,6 +336,7 @@ class ContainerIO:
         self.log_writer = log_writer
         self._log_extra = {"container_id": container_id}
         self._readers = _OutputReaders(log_extra=self._log_extra)
+        self.fanout = OutputFanout(log_extra=self._log_extra)
         self._stdin_writer: FifoWriter | None = None
         self._stdin_lock = asyncio.Lock()
         self._closed = False
@@ -297,7 +436,9 @@ class ContainerIO:
                 if self.log_writer is not None
                 else _DiscardSink()
             )
-            await self._readers.start(stream=stream, path=path, sink=sink, reattach=reattach)
+            await self._readers.start(
+                stream=stream, path=path, sink=self.fanout.sink(stream, sink), reattach=reattach
+            )
 
     @property
     def closed(self) -> bool:
@@ -360,6 +501,10 @@ class ContainerIO:
                 self._stdin_writer = await FifoWriter.open(self.paths.stdin, timeout=timeout)
             return self._stdin_writer
 
+    def attach(self) -> Attachment:
+        """The container's output from now on, for one attacher (``close()`` it when done)."""
+        return self.fanout.subscribe()
+
     def close_stdin(self) -> None:
         """Close pycri's end of the container's stdin. Idempotent.
 
@@ -419,12 +564,47 @@ class ExecOutput:
     stderr_dropped_bytes: int = 0
 
 
+class AsyncWriter(Protocol):
+    """Where streamed output goes (an Exec/Attach client's stdout or stderr)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class ForwardingSink:
+    """Forwards a stream to an ``AsyncWriter`` with its backpressure: the FIFO is read no
+    faster than the client takes it. A client that went away (``ConnectionError``) turns the
+    sink into a discard, so the process never blocks on output nobody reads."""
+
+    def __init__(self, writer: AsyncWriter | None, *, log_extra: dict[str, str]) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._log_extra = log_extra
+
+    def feed(self, data: bytes) -> None:
+        if self._writer is not None:
+            self._pending.append(data)
+
+    def finish(self) -> None:
+        self._pending.clear()
+
+    async def wait_writable(self) -> None:
+        if self._writer is None or not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        try:
+            await self._writer.write(data)
+        except ConnectionError:
+            logger.debug("stream client gone; discarding the rest", extra=self._log_extra)
+            self._writer = None
+
+
 class ExecIO:
-    """The stdio of one exec process for ExecSync, collected in memory.
+    """The stdio of one exec process: collected in memory (ExecSync) or streamed (Exec).
 
     Use::
 
-        exec_io = await ExecIO.create(exec_id=..., fifo_dir=..., stdin=None)
+        exec_io = await ExecIO.create(exec_id=..., fifo_dir=..., stdin=None)  # or create_streamed
         try:
             # Tasks.Exec(stdin=exec_io.paths.stdin, stdout=..., stderr=..., terminal=...)
             # Tasks.Wait issued, Tasks.Start
@@ -440,17 +620,17 @@ class ExecIO:
         *,
         exec_id: str,
         paths: StdioPaths,
-        stdin_data: bytes | None,
-        max_output_bytes: int,
+        stdout: _OutputSink,
+        stderr: _OutputSink,
         log_extra: dict[str, str],
     ) -> None:
         self.exec_id = exec_id
         self.paths = paths
-        self._stdin_data = stdin_data
         self._log_extra = log_extra
-        self._stdout = _CappedBuffer(limit=max_output_bytes)
-        self._stderr = _CappedBuffer(limit=max_output_bytes)
+        self._stdout = stdout
+        self._stderr = stderr
         self._readers = _OutputReaders(log_extra=log_extra)
+        self._stdin_data: bytes | None = None
         self._stdin_feeder: asyncio.Task[None] | None = None
         self._stdin_writer: FifoWriter | None = None
         self._closed = False
@@ -467,22 +647,65 @@ class ExecIO:
         container_id: str = "",
     ) -> ExecIO:
         """Make the FIFOs and start collecting. ``stdin=None``: the process gets no stdin."""
-        paths = stdio_paths(fifo_dir=fifo_dir, process_id=exec_id, stdin=stdin is not None, tty=tty)
+        exec_io = await cls._open(
+            exec_id=exec_id,
+            fifo_dir=fifo_dir,
+            stdin=stdin is not None,
+            tty=tty,
+            stdout=_CappedBuffer(limit=max_output_bytes),
+            stderr=_CappedBuffer(limit=max_output_bytes),
+            container_id=container_id,
+        )
+        exec_io._stdin_data = stdin
+        return exec_io
+
+    @classmethod
+    async def create_streamed(
+        cls,
+        *,
+        exec_id: str,
+        fifo_dir: str,
+        stdin: bool,
+        tty: bool,
+        stdout: AsyncWriter | None,
+        stderr: AsyncWriter | None,
+        container_id: str = "",
+    ) -> ExecIO:
+        """Make the FIFOs and forward the output to ``stdout``/``stderr`` as it comes (with a
+        TTY there is no stderr FIFO: the terminal merges both into stdout)."""
+        log_extra = {"exec_id": exec_id, "container_id": container_id}
+        return await cls._open(
+            exec_id=exec_id,
+            fifo_dir=fifo_dir,
+            stdin=stdin,
+            tty=tty,
+            stdout=ForwardingSink(stdout, log_extra=log_extra),
+            stderr=ForwardingSink(stderr, log_extra=log_extra),
+            container_id=container_id,
+        )
+
+    @classmethod
+    async def _open(
+        cls,
+        *,
+        exec_id: str,
+        fifo_dir: str,
+        stdin: bool,
+        tty: bool,
+        stdout: _OutputSink,
+        stderr: _OutputSink,
+        container_id: str,
+    ) -> ExecIO:
+        paths = stdio_paths(fifo_dir=fifo_dir, process_id=exec_id, stdin=stdin, tty=tty)
         log_extra = {"exec_id": exec_id, "container_id": container_id}
         create_fifos(paths)
         exec_io = cls(
-            exec_id=exec_id,
-            paths=paths,
-            stdin_data=stdin,
-            max_output_bytes=max_output_bytes,
-            log_extra=log_extra,
+            exec_id=exec_id, paths=paths, stdout=stdout, stderr=stderr, log_extra=log_extra
         )
         try:
-            await exec_io._readers.start(stream="stdout", path=paths.stdout, sink=exec_io._stdout)
+            await exec_io._readers.start(stream="stdout", path=paths.stdout, sink=stdout)
             if paths.stderr:
-                await exec_io._readers.start(
-                    stream="stderr", path=paths.stderr, sink=exec_io._stderr
-                )
+                await exec_io._readers.start(stream="stderr", path=paths.stderr, sink=stderr)
         except BaseException:
             await exec_io.close()
             raise
@@ -492,10 +715,11 @@ class ExecIO:
         self,
         *,
         close_io: Callable[[], Awaitable[object]],
+        chunks: AsyncIterator[bytes] | None = None,
         open_timeout: float = DEFAULT_STDIN_OPEN_TIMEOUT,
     ) -> None:
-        """After ``Tasks.Start`` of the exec: write the stdin bytes, close our end, then
-        ``await close_io()``.
+        """After ``Tasks.Start`` of the exec: write the stdin (the bytes given to ``create``,
+        or ``chunks`` as a client sends them), close our end, then ``await close_io()``.
 
         ``close_io`` must call ``Tasks.CloseIO(stdin=True)`` for this exec: the shim keeps its
         own write end of the stdin FIFO open until then, so closing ours alone is no EOF for
@@ -503,19 +727,28 @@ class ExecIO:
         the shim never opened its end within ``open_timeout``, CloseIO failing) are logged,
         not raised. No-op without stdin.
         """
-        if self._stdin_data is None or self._stdin_feeder is not None or self._closed:
+        if not self.paths.stdin or self._stdin_feeder is not None or self._closed:
             return
+        if chunks is None:
+            if self._stdin_data is None:
+                return
+            chunks = _once(self._stdin_data)
         self._stdin_feeder = asyncio.get_running_loop().create_task(
-            self._feed_stdin(self._stdin_data, close_io=close_io, open_timeout=open_timeout),
+            self._feed_stdin(chunks, close_io=close_io, open_timeout=open_timeout),
             name=f"exec-stdin:{self.exec_id}",
         )
 
     async def _feed_stdin(
-        self, data: bytes, *, close_io: Callable[[], Awaitable[object]], open_timeout: float
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        close_io: Callable[[], Awaitable[object]],
+        open_timeout: float,
     ) -> None:
         try:
             self._stdin_writer = await FifoWriter.open(self.paths.stdin, timeout=open_timeout)
-            await self._stdin_writer.write(data)
+            async for data in chunks:
+                await self._stdin_writer.write(data)
         except BrokenPipeError:
             logger.debug("exec process closed stdin before reading it all", extra=self._log_extra)
         except (OSError, TimeoutError, ValueError) as err:
@@ -529,23 +762,31 @@ class ExecIO:
         except Exception as err:
             logger.warning("closing exec stdin (CloseIO) failed: %s", err, extra=self._log_extra)
 
-    async def wait_output(self, timeout: float) -> ExecOutput:
-        """Wait up to ``timeout`` seconds for EOF on stdout and stderr; return what was read.
-
-        The result is marked incomplete when a process still holds the output open at the
-        deadline; collection goes on until ``close`` (a later call may return more).
-        """
+    async def wait_drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for EOF on stdout and stderr (and, when streamed,
+        for the client to have taken it); False when a process still holds the output."""
         complete = await self._readers.wait_eof(timeout)
         if not complete:
             logger.info(
                 "exec output not drained in time", extra={**self._log_extra, "timeout_s": timeout}
             )
+        return complete
+
+    async def wait_output(self, timeout: float) -> ExecOutput:
+        """``wait_drained``, then what was collected (for ``create``'s in-memory output).
+
+        The result is marked incomplete when a process still holds the output open at the
+        deadline; collection goes on until ``close`` (a later call may return more).
+        """
+        complete = await self.wait_drained(timeout)
+        stdout, stderr = self._stdout, self._stderr
+        assert isinstance(stdout, _CappedBuffer) and isinstance(stderr, _CappedBuffer)
         return ExecOutput(
-            stdout=bytes(self._stdout.data),
-            stderr=bytes(self._stderr.data),
+            stdout=bytes(stdout.data),
+            stderr=bytes(stderr.data),
             complete=complete,
-            stdout_dropped_bytes=self._stdout.dropped_bytes,
-            stderr_dropped_bytes=self._stderr.dropped_bytes,
+            stdout_dropped_bytes=stdout.dropped_bytes,
+            stderr_dropped_bytes=stderr.dropped_bytes,
         )
 
     async def close(self) -> None:
@@ -563,3 +804,7 @@ class ExecIO:
             remove_fifos(self.paths)
         except OSError as err:
             logger.warning("removing exec FIFOs failed: %s", err, extra=self._log_extra)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

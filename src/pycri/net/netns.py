@@ -4,6 +4,10 @@ A pod's network namespace must outlive its pause process (CNI DEL after the paus
 recovery after a restart), so it is created up front and pinned by bind-mounting its nsfs
 handle onto ``STATE/netns/<sandbox id>``; the pause container then joins that path.
 
+Port-forward needs a connection *inside* a pod's namespace: ``connect_in_netns`` makes the
+socket there (on a short-lived thread that joins the namespace) and connects it from the
+event loop.
+
 Creating one needs ``unshare(CLONE_NEWNET)``, which changes the namespace of the calling
 *thread*. So it runs on a short-lived dedicated thread (never a pooled executor thread, which
 would be left in the new namespace), which also brings ``lo`` up inside it (runc does not
@@ -77,6 +81,38 @@ def _create_in_thread(path: Path) -> None:
         raise failure[0]
 
 
+def _socket_in_thread(path: Path, family: int) -> socket.socket:
+    """A non-blocking TCP socket of the network namespace pinned at ``path``.
+
+    A socket belongs to the namespace of the thread that created it, for life; so only its
+    creation needs the namespace. It happens on a short-lived thread that joins the namespace
+    (``setns`` changes the calling thread's) and then ends, never on a pooled one that would
+    stay in the pod's namespace.
+    """
+    made: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _check(_libc.setns(fd, CLONE_NEWNET), f"setns into {path}")
+            finally:
+                os.close(fd)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            made.append(sock)
+        except BaseException as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=work, name="netns-socket")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return made[0]
+
+
 def _pin_sync(path: Path, pid: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
@@ -132,3 +168,38 @@ class NetNS:
     async def remove(self, path: Path) -> None:
         """Idempotent: a missing or already unmounted pin is fine."""
         await asyncio.to_thread(_remove_sync, path)
+
+
+async def connect_in_netns(
+    path: Path | None, port: int, *, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``localhost:port`` inside the namespace pinned at ``path`` (the
+    host's with ``None``): 127.0.0.1 first, then ::1, as a server may listen on either.
+
+    The connect itself runs on the event loop (the socket already lives in the namespace);
+    ``ConnectionRefusedError`` (or another ``OSError``) when nothing listens there.
+    """
+    loop = asyncio.get_running_loop()
+    first: OSError | None = None
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            if path is None:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+            else:
+                sock = await asyncio.to_thread(_socket_in_thread, path, family)
+        except OSError as err:  # e.g. no IPv6 in that namespace
+            first = first or err
+            continue
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (host, port))
+            return await asyncio.open_connection(sock=sock)
+        except OSError as err:
+            sock.close()
+            first = first or err  # the IPv4 answer says most: report it
+        except BaseException:
+            sock.close()
+            raise
+    assert first is not None
+    raise first

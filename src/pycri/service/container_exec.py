@@ -1,29 +1,29 @@
-"""ExecSync: run a command in a running container and return its output and exit code.
+"""ExecSync (run a command, answer with its output and exit code) and Exec (the streaming
+variant: answer with a URL on the streaming server, which runs the command for the client).
 
-The exec process is made from the container's own process spec (user, env, cwd,
-capabilities) with the command's args; its output is collected in memory, capped at
-16 MiB per stream (the excess is dropped silently, as kubelet's probes expect). A non-zero
-exit is a normal answer, not an error. On timeout the exec process is killed, its output
-drained briefly, and DEADLINE_EXCEEDED returned. The exec process is always deleted.
+ExecSync collects the output in memory, capped at 16 MiB per stream (the excess is still
+read, so the process never blocks, but dropped, as kubelet's probes expect). A non-zero exit
+is a normal answer, not an error. On its timeout the process is killed and DEADLINE_EXCEEDED
+returned; a caller that gives up first (its gRPC deadline) cancels the call, which kills the
+process too: either way the exec process is deleted (``exec_process``).
+
+Exec validates the request as kubelet does (a command; at least one of stdin, stdout,
+stderr; no stderr with a TTY: the streaming server's ``register_exec``), checks that the
+container runs, and registers the request under its full container ID. The command itself
+runs when the client connects (``service/streaming.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import secrets
 import shutil
-from pathlib import Path
 
 from cri_api.v1 import api_pb2
 
 from pycri.cio.container_io import ExecIO
-from pycri.containerd.errors import NotFoundError
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
-from pycri.service import records
 from pycri.service.context import RuntimeContext
-
-log = logging.getLogger(__name__)
+from pycri.service.exec_process import exec_process, new_exec_id
 
 DRAIN_AFTER_EXIT = 2.0
 
@@ -36,58 +36,44 @@ async def exec_sync(
         raise FailedPrecondition(f"container {container.id} is not running")
     if not request.cmd:
         raise InvalidArgument("cmd must not be empty")
-    client = rt.containerd
-    record = await client.containers.get(container.id, timeout=30)
-    process = dict(records.record_spec(record).get("process", {}))
-    process["args"] = list(request.cmd)
-    process["terminal"] = False
-    exec_id = f"exec-{secrets.token_hex(8)}"
+    exec_id = new_exec_id()
     fifo_dir = rt.paths.exec_io_dir(container.id, exec_id)
     exec_io = await ExecIO.create(
-        exec_id=exec_id, fifo_dir=str(fifo_dir), stdin=None, container_id=container.id
+        exec_id=exec_id, fifo_dir=str(fifo_dir), container_id=container.id
     )
     try:
-        await client.tasks.exec(
-            container_id=container.id,
+        async with exec_process(
+            rt.containerd,
+            container,
             exec_id=exec_id,
-            process=process,
-            stdin=exec_io.paths.stdin,
-            stdout=exec_io.paths.stdout,
-            stderr=exec_io.paths.stderr,
-            terminal=False,
-            timeout=30,
-        )
-        try:
-            wait = asyncio.create_task(client.tasks.wait(container.id, exec_id))
-            await asyncio.sleep(0)  # Wait is sent before Start
-            await client.tasks.start(container.id, exec_id, timeout=30)
+            cmd=request.cmd,
+            tty=False,
+            stdio=exec_io.paths,
+        ) as process:
             timeout = request.timeout if request.timeout > 0 else None
             try:
                 async with asyncio.timeout(timeout):
-                    result = await asyncio.shield(wait)
+                    result = await asyncio.shield(process.exited)
             except TimeoutError:
-                await _kill_exec(rt, container.id, exec_id)
+                await process.kill()
                 await exec_io.wait_output(DRAIN_AFTER_EXIT)
                 raise DeadlineExceeded(
                     f"command {list(request.cmd)!r} timed out after {request.timeout}s"
                 ) from None
             output = await exec_io.wait_output(DRAIN_AFTER_EXIT)
-        finally:
-            try:
-                await client.tasks.delete_process(container.id, exec_id, timeout=30)
-            except NotFoundError:
-                pass
     finally:
         await exec_io.close()
-        await asyncio.to_thread(shutil.rmtree, Path(fifo_dir), True)
+        await asyncio.to_thread(shutil.rmtree, fifo_dir, True)
     return api_pb2.ExecSyncResponse(
-        stdout=output.stdout, stderr=output.stderr, exit_code=int(result.exit_status)
+        stdout=output.stdout, stderr=output.stderr, exit_code=result.exit_status
     )
 
 
-async def _kill_exec(rt: RuntimeContext, container_id: str, exec_id: str) -> None:
-    try:
-        await rt.containerd.tasks.kill(container_id, 9, exec_id=exec_id, timeout=10)
-        await rt.containerd.tasks.wait(container_id, exec_id, timeout=10)
-    except Exception as err:  # the process may have exited meanwhile
-        log.debug("killing exec failed", extra={"exec_id": exec_id, "error": str(err)})
+async def exec_rpc(rt: RuntimeContext, request: api_pb2.ExecRequest) -> api_pb2.ExecResponse:
+    container = rt.containers.get(request.container_id)
+    if container.status.state != api_pb2.CONTAINER_RUNNING:
+        raise FailedPrecondition(f"container {container.id} is not running")
+    resolved = api_pb2.ExecRequest()
+    resolved.CopyFrom(request)
+    resolved.container_id = container.id
+    return api_pb2.ExecResponse(url=rt.streams.register_exec(resolved))

@@ -31,6 +31,7 @@ from pycri.service.faults import Faults
 from pycri.store.container import ContainerStore
 from pycri.store.names import NameIndex
 from pycri.store.sandbox import SandboxStore
+from pycri.stream.server import StreamServer
 
 if TYPE_CHECKING:
     from pycri.service.container_events import ContainerEventPublisher
@@ -62,5 +63,7 @@ class RuntimeContext:
     monitors: ExitMonitors
     dispatcher: EventDispatcher[Event]
     events: ContainerEventPublisher
+    # the streaming server behind Exec, Attach and PortForward (URLs with one-use tokens)
+    streams: StreamServer
     faults: Faults
     metrics: Metrics

@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from pycri.service import (
+    container_attach,
     container_create,
     container_events,
     container_exec,
@@ -26,6 +27,7 @@ from pycri.service import (
     image_pull,
     image_remove,
     image_status,
+    sandbox_portforward,
     sandbox_remove,
     sandbox_run,
     sandbox_status,
@@ -56,6 +58,9 @@ RUNTIME_RPCS: dict[str, Impl] = {
     "UpdateContainerResources": container_update.update_container_resources,
     "ReopenContainerLog": container_log.reopen_container_log,
     "ExecSync": container_exec.exec_sync,
+    "Exec": container_exec.exec_rpc,
+    "Attach": container_attach.attach,
+    "PortForward": sandbox_portforward.port_forward,
     "GetContainerEvents": container_events.get_container_events,
     "ContainerStats": stats.container_stats,
     "ListContainerStats": stats.list_container_stats,

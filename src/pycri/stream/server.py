@@ -130,6 +130,18 @@ class StreamStats:
     portforward_connections: dict[str, int]
     tokens_pending: int
 
+    @property
+    def errors(self) -> int:
+        """Requests refused over HTTP plus sessions that failed (not the command's own exit)."""
+        failed = sum(
+            n for key, n in self.outcomes.items() if key.split(":", 1)[-1] in _FAILED_OUTCOMES
+        )
+        return sum(self.rejected.values()) + failed
+
+
+# Session outcomes that count as errors in the metrics (an exit code is not one).
+_FAILED_OUTCOMES = frozenset({"error", "stream_creation_timeout", "handshake_refused"})
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Pending:
