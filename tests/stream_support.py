@@ -24,16 +24,13 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from pycri.stream.backend import StreamIO
 from pycri.stream.server import StreamServer
-from pycri.stream.spdy import SpdyOptions, SpdySession, SpdyStream
 
 CHUNK = 64 * 1024
 
@@ -191,149 +188,6 @@ async def start_fake_runtime(
 
 
 # ---------------------------------------------------------------------------- test clients
-
-
-@dataclass
-class Upgraded:
-    """The answer to an upgrade request; ``session`` is running if it was a SPDY 101."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    session: SpdySession | None
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    task: asyncio.Task[None] | None = None
-
-    async def aclose(self) -> None:
-        if self.session is not None:
-            self.session.abort()
-        self.writer.close()
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
-
-
-async def spdy_upgrade(
-    url: str,
-    *,
-    protocols: Sequence[str] = ("v4.channel.k8s.io",),
-    method: str = "POST",
-    upgrade: bool = True,
-    options: SpdyOptions | None = None,
-) -> Upgraded:
-    """Send the upgrade request crictl sends; start a client session on 101."""
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
-    if upgrade:
-        lines += ["Connection: Upgrade", "Upgrade: SPDY/3.1"]
-    lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode().split("\r\n")
-    status = int(status_line.split(" ")[1])
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers.setdefault(name.strip().lower(), value.strip())
-    if status != 101:
-        body = await reader.read()
-        return Upgraded(
-            status=status, headers=headers, body=body, session=None, reader=reader, writer=writer
-        )
-    session = SpdySession(reader=reader, writer=writer, is_server=False, options=options)
-    task = asyncio.create_task(session.run())
-    return Upgraded(
-        status=status,
-        headers=headers,
-        body=b"",
-        session=session,
-        reader=reader,
-        writer=writer,
-        task=task,
-    )
-
-
-async def read_all(stream: SpdyStream | None) -> bytes:
-    if stream is None:
-        return b""
-    data = bytearray()
-    while chunk := await stream.read():
-        data += chunk
-    return bytes(data)
-
-
-@dataclass
-class CommandStreams:
-    error: SpdyStream
-    stdin: SpdyStream | None
-    stdout: SpdyStream | None
-    stderr: SpdyStream | None
-    resize: SpdyStream | None
-
-
-async def open_command_streams(
-    session: SpdySession,
-    *,
-    stdin: bool,
-    stdout: bool = True,
-    stderr: bool = True,
-    resize: bool = False,
-) -> CommandStreams:
-    """Open the streams in client-go's order, waiting for each reply like it does."""
-    opened: dict[str, SpdyStream] = {}
-    for kind, wanted in (
-        ("error", True),
-        ("stdin", stdin),
-        ("stdout", stdout),
-        ("stderr", stderr),
-        ("resize", resize),
-    ):
-        if wanted:
-            stream = session.open_stream({"streamType": kind})
-            await asyncio.wait_for(stream.wait_reply(), 5)
-            opened[kind] = stream
-    return CommandStreams(
-        error=opened["error"],
-        stdin=opened.get("stdin"),
-        stdout=opened.get("stdout"),
-        stderr=opened.get("stderr"),
-        resize=opened.get("resize"),
-    )
-
-
-async def spdy_command(
-    url: str,
-    *,
-    stdin: bytes | None = None,
-    stderr: bool = True,
-    protocol: str = "v4.channel.k8s.io",
-) -> tuple[bytes, bytes, bytes]:
-    """Run an exec/attach like crictl: (stdout, stderr, error stream)."""
-    upgraded = await spdy_upgrade(url, protocols=[protocol])
-    assert upgraded.status == 101, upgraded.body
-    assert upgraded.session is not None
-    try:
-        streams = await open_command_streams(
-            upgraded.session, stdin=stdin is not None, stderr=stderr
-        )
-
-        async def send() -> None:
-            if streams.stdin is not None and stdin is not None:
-                await streams.stdin.write(stdin)
-                await streams.stdin.close_write()
-
-        _, out, err, status = await asyncio.wait_for(
-            asyncio.gather(
-                send(), read_all(streams.stdout), read_all(streams.stderr), read_all(streams.error)
-            ),
-            10,
-        )
-        return out, err, status
-    finally:
-        await upgraded.aclose()
 
 
 async def echo_server() -> tuple[asyncio.Server, int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from pycri.stream.server import StreamServer, StreamServerConfig
+from tests.integration.helpers import CRICTL
 from tests.stream_support import (
     FakeBackend,
     FakeRuntime,
@@ -37,8 +38,6 @@ from tests.stream_support import (
     pattern,
     start_fake_runtime,
 )
-
-CRICTL = Path("/work/shared/bin/crictl")
 
 pytestmark = pytest.mark.skipif(
     not os.access(CRICTL, os.X_OK), reason=f"{CRICTL} (crictl v1.26.1) is not available"

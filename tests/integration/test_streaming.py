@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from pycri.containerd.client import ContainerdClient
 from tests.integration.helpers import CRI, Daemon, eventually, run_crictl
 from tests.integration.pods import container_config, pod_config, start, wait_exited
+from tests.stream_support import free_port
 
 ECHO_PORT = 8080
 Target = tuple[str, api_pb2.PodSandboxConfig, str]
@@ -266,15 +267,9 @@ def _echo_through(port: int, data: bytes) -> bytes:
     return bytes(received)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_crictl_port_forward_both_ways(crictl: Path, daemon: Daemon, target: Target) -> None:
     pod_id, _, _ = target
-    local = _free_port()
+    local = free_port()
     proc = await asyncio.create_subprocess_exec(
         str(crictl),
         "--runtime-endpoint",

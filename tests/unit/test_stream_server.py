@@ -24,26 +24,11 @@ from pycri.errors import InvalidArgument
 from pycri.stream.backend import StreamClosedError
 from pycri.stream.server import StreamServer, StreamServerConfig, TooManyPendingRequests
 from pycri.stream.spdy import DEFAULT_WINDOW, FlowControlPolicy, SpdyOptions
-from tests.stream_support import (
-    FakeBackend,
-    echo_server,
-    free_port,
-    open_command_streams,
-    pattern,
-    read_all,
-    spdy_command,
-    spdy_upgrade,
-)
+from pycri.testing.stream_client import open_command_streams, read_all, spdy_command, spdy_upgrade
+from tests.stream_support import FakeBackend, echo_server, free_port, pattern
+from tests.unit.fakes import FakeClock
 
 MakeServer = Callable[..., Awaitable[tuple[StreamServer, FakeBackend]]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
