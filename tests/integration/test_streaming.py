@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pycri.containerd.client import ContainerdClient
+from pycri.testing.stream_client import read_all, spdy_upgrade
 from tests.integration.helpers import CRI, Daemon, eventually, run_crictl
 from tests.integration.pods import container_config, pod_config, start, wait_exited
 from tests.stream_support import free_port
@@ -418,3 +419,34 @@ async def test_tokens_are_single_use(cri: CRI, target: Target) -> None:
         async with ws_connect(_ws(forged), subprotocols=["v4.channel.k8s.io"]):  # type: ignore[list-item]
             pass
     assert err.value.response.status_code == 404
+
+
+async def test_a_refused_port_is_reported_on_its_error_stream(cri: CRI, target: Target) -> None:
+    pod_id, _, _ = target
+    closed = free_port()  # host port numbers are free in the pod's own netns too
+    url = (
+        await cri.runtime.PortForward(
+            api_pb2.PortForwardRequest(pod_sandbox_id=pod_id, port=[closed, ECHO_PORT])
+        )
+    ).url
+    upgraded = await spdy_upgrade(url, protocols=["portforward.k8s.io"])
+    assert upgraded.status == 101 and upgraded.session is not None
+    try:
+        for request_id, port in enumerate((closed, ECHO_PORT)):
+            headers = {"streamType": "error", "port": str(port), "requestID": str(request_id)}
+            error = upgraded.session.open_stream(headers)
+            await error.wait_reply()
+            await error.close_write()
+            data = upgraded.session.open_stream({**headers, "streamType": "data"})
+            await data.wait_reply()
+            await data.write(b"ping")
+            await data.close_write()
+            echoed, message = await asyncio.wait_for(
+                asyncio.gather(read_all(data), read_all(error)), 20
+            )
+            if port == closed:
+                assert echoed == b"" and f"error forwarding port {closed}".encode() in message
+            else:  # the same session still forwards
+                assert (echoed, message) == (b"ping", b"")
+    finally:
+        await upgraded.aclose()
