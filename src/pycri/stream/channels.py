@@ -127,6 +127,41 @@ class InboundBuffer:
         return chunk
 
 
+class SessionBookkeeping:
+    """What both transports' sessions keep for the server: closed or not (and why), data
+    bytes each way, and when a frame last moved (the idle watchdog reads it)."""
+
+    def _init_bookkeeping(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._closed = False
+        self._closed_event = asyncio.Event()
+        self._eof_event = asyncio.Event()
+        self.close_reason = ""
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._last_activity = loop.time()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def bytes_in(self) -> int:
+        """Data payload bytes received."""
+        return self._bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        """Data payload bytes sent."""
+        return self._bytes_out
+
+    @property
+    def last_activity(self) -> float:
+        return self._last_activity
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+
 class Channel(Protocol):
     """One byte stream of a session, in both directions."""
 

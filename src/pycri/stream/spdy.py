@@ -91,7 +91,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from pycri.stream.backend import StreamClosedError
-from pycri.stream.channels import InboundBuffer, Signal, close_writer, linger_for_peer
+from pycri.stream.channels import (
+    InboundBuffer,
+    SessionBookkeeping,
+    Signal,
+    close_writer,
+    linger_for_peer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -680,7 +686,7 @@ class SpdyStream:
         self._session._end_stream(self, reset=True)
 
 
-class SpdySession:
+class SpdySession(SessionBookkeeping):
     """A SPDY/3.1 connection; ``run()`` is its read loop."""
 
     def __init__(
@@ -733,36 +739,9 @@ class SpdySession:
         self._flush_handle: asyncio.Handle | None = None
         self._going_away = False  # we sent GOAWAY: no new peer streams
         self.peer_going_away = False
-        self._closed = False
-        self._closed_event = asyncio.Event()
-        self._eof_event = asyncio.Event()
-        self.close_reason = ""
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._last_activity = self._loop.time()
+        self._init_bookkeeping(self._loop)
 
     # ------------------------------------------------------------ Session protocol
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def bytes_in(self) -> int:
-        """Data payload bytes received."""
-        return self._bytes_in
-
-    @property
-    def bytes_out(self) -> int:
-        """Data payload bytes sent."""
-        return self._bytes_out
-
-    @property
-    def last_activity(self) -> float:
-        return self._last_activity
-
-    async def wait_closed(self) -> None:
-        await self._closed_event.wait()
 
     async def close(self, *, linger: float = 0.0, status: GoAwayStatus = GoAwayStatus.OK) -> None:
         """GOAWAY, then wait up to ``linger`` s for the peer to hang up; then close the socket.

@@ -41,7 +41,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from pycri.stream.backend import StreamClosedError
-from pycri.stream.channels import InboundBuffer, close_writer, linger_for_peer
+from pycri.stream.channels import InboundBuffer, SessionBookkeeping, close_writer, linger_for_peer
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class WsChannel:
         self.inbound.discard()
 
 
-class WebSocketSession:
+class WebSocketSession(SessionBookkeeping):
     """An accepted WebSocket connection multiplexing numbered channels."""
 
     def __init__(
@@ -122,34 +122,9 @@ class WebSocketSession:
         self.readable: set[int] = set(range(channel_count))
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
-        self._closed = False
-        self._closed_event = asyncio.Event()
-        self._eof_event = asyncio.Event()
-        self.close_reason = ""
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._last_activity = self._loop.time()
+        self._init_bookkeeping(self._loop)
 
     # ------------------------------------------------------------ Session protocol
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def bytes_in(self) -> int:
-        return self._bytes_in
-
-    @property
-    def bytes_out(self) -> int:
-        return self._bytes_out
-
-    @property
-    def last_activity(self) -> float:
-        return self._last_activity
-
-    async def wait_closed(self) -> None:
-        await self._closed_event.wait()
 
     async def close(self, *, linger: float = 0.0) -> None:
         """Close handshake (1000), waiting up to ``linger`` s for the client's answer."""
