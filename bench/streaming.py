@@ -32,9 +32,7 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +51,13 @@ from bench.daemons import (
     wait_for_quiet_machine,
 )
 from bench.specs import BUSYBOX_REF
-from pycri.testing.stream_client import open_command_streams, spdy_command, spdy_upgrade
+from pycri.testing.stream_client import (
+    crictl_port_forward,
+    echo_through,
+    open_command_streams,
+    spdy_command,
+    spdy_upgrade,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CRICTL = Path(os.environ.get("PYCRI_TEST_CRICTL", REPO.parent / "shared" / "bin" / "crictl"))
@@ -143,55 +147,16 @@ async def _exec_crictl(runtime: Runtime, cid: str) -> float:
     return elapsed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _echo_through(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        received = bytearray()
-
-        def read_all_blocking() -> None:
-            while chunk := sock.recv(MIB):
-                received.extend(chunk)
-
-        reader = threading.Thread(target=read_all_blocking)
-        reader.start()
-        view = memoryview(data)
-        for offset in range(0, len(data), MIB):
-            sock.sendall(view[offset : offset + MIB])
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(300)
-    return bytes(received)
-
-
 async def _portforward(runtime: Runtime, pod_id: str, port: int, size: int) -> tuple[float, float]:
-    local = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        str(CRICTL),
-        "--runtime-endpoint",
-        f"unix://{runtime.cri_socket}",
-        "port-forward",
-        pod_id,
-        f"{local}:{port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 20)
+    endpoint = f"unix://{runtime.cri_socket}"
+    async with crictl_port_forward(CRICTL, endpoint=endpoint, pod_id=pod_id, port=port) as local:
         data = secrets.token_bytes(size)
-        await asyncio.to_thread(_echo_through, local, b"warm-up")
+        await asyncio.to_thread(echo_through, local, b"warm-up")
         pid = _streaming_pid(runtime)
         cpu_before, started = _process_cpu_seconds(pid), time.perf_counter()
-        echoed = await asyncio.to_thread(_echo_through, local, data)
+        echoed = await asyncio.to_thread(echo_through, local, data)
         elapsed, cpu = time.perf_counter() - started, _process_cpu_seconds(pid) - cpu_before
         assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest(), "corrupted"
-    finally:
-        proc.kill()
-        await proc.wait()
     mib = size / MIB
     return mib / elapsed, cpu / (2 * mib)  # payload each way; CPU per MiB moved (both ways)
 

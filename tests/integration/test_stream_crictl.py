@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from pycri.stream.server import StreamServer, StreamServerConfig
+from pycri.testing.stream_client import free_port
 from tests.integration.helpers import CRICTL
 from tests.stream_support import (
     FakeBackend,
     FakeRuntime,
     echo_server,
-    free_port,
     pattern,
     start_fake_runtime,
 )

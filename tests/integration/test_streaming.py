@@ -17,7 +17,6 @@ import pty
 import secrets
 import select
 import signal
-import socket
 import struct
 import subprocess
 import termios
@@ -32,10 +31,15 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pycri.containerd.client import ContainerdClient
-from pycri.testing.stream_client import read_all, spdy_upgrade
+from pycri.testing.stream_client import (
+    crictl_port_forward,
+    echo_through,
+    free_port,
+    read_all,
+    spdy_upgrade,
+)
 from tests.integration.helpers import CRI, Daemon, eventually, run_crictl
 from tests.integration.pods import container_config, pod_config, start, wait_exited
-from tests.stream_support import free_port
 
 ECHO_PORT = 8080
 Target = tuple[str, api_pb2.PodSandboxConfig, str]
@@ -249,49 +253,16 @@ async def test_two_attachers_see_the_same_output(
 # ------------------------------------------------------------------ port-forward
 
 
-def _echo_through(port: int, data: bytes) -> bytes:
-    """Send ``data`` to localhost:port and read the echo until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        received = bytearray()
-
-        def read_all() -> None:
-            while chunk := sock.recv(1 << 20):
-                received.extend(chunk)
-
-        import threading
-
-        reader = threading.Thread(target=read_all)
-        reader.start()
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(60)
-    return bytes(received)
-
-
 async def test_crictl_port_forward_both_ways(crictl: Path, daemon: Daemon, target: Target) -> None:
     pod_id, _, _ = target
-    local = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        str(crictl),
-        "--runtime-endpoint",
-        f"unix://{daemon.socket}",
-        "port-forward",
-        pod_id,
-        f"{local}:{ECHO_PORT}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert b"Forwarding from" in line, line
+    endpoint = f"unix://{daemon.socket}"
+    async with crictl_port_forward(
+        crictl, endpoint=endpoint, pod_id=pod_id, port=ECHO_PORT
+    ) as local:
         for size in (1 << 20, 24 << 20):  # several connections, a large one among them
             data = secrets.token_bytes(size)
-            echoed = await asyncio.to_thread(_echo_through, local, data)
+            echoed = await asyncio.to_thread(echo_through, local, data)
             assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 # ------------------------------------------------------------------ WebSocket clients

@@ -24,8 +24,14 @@ from pycri.errors import InvalidArgument
 from pycri.stream.backend import StreamClosedError
 from pycri.stream.server import StreamServer, StreamServerConfig, TooManyPendingRequests
 from pycri.stream.spdy import DEFAULT_WINDOW, FlowControlPolicy, SpdyOptions
-from pycri.testing.stream_client import open_command_streams, read_all, spdy_command, spdy_upgrade
-from tests.stream_support import FakeBackend, echo_server, free_port, pattern
+from pycri.testing.stream_client import (
+    free_port,
+    open_command_streams,
+    read_all,
+    spdy_command,
+    spdy_upgrade,
+)
+from tests.stream_support import FakeBackend, echo_server, pattern
 from tests.unit.fakes import FakeClock
 
 MakeServer = Callable[..., Awaitable[tuple[StreamServer, FakeBackend]]]

@@ -1,13 +1,19 @@
 """A minimal CRI streaming client (SPDY/3.1, as crictl and kubelet speak it) for tests,
 benchmarks and demos: the upgrade request, the command streams in client-go's order, and a
-whole exec/attach as one call. It uses ``pycri.stream.spdy`` in its client role.
+whole exec/attach as one call. It uses ``pycri.stream.spdy`` in its client role. Plus what
+port-forward measurements share: ``crictl port-forward`` for a block, and a blocking echo
+round trip through a local port.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pycri.stream.spdy import SpdyOptions, SpdySession, SpdyStream
@@ -15,6 +21,9 @@ from pycri.stream.spdy import SpdyOptions, SpdySession, SpdyStream
 __all__ = [
     "CommandStreams",
     "Upgraded",
+    "crictl_port_forward",
+    "echo_through",
+    "free_port",
     "open_command_streams",
     "read_all",
     "spdy_command",
@@ -163,3 +172,54 @@ async def spdy_command(
         return out, err, status
     finally:
         await upgraded.aclose()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def echo_through(port: int, data: bytes, *, timeout: float = 300.0) -> bytes:
+    """Blocking: send ``data`` to 127.0.0.1:``port`` while reading what comes back, half-close,
+    and return everything read until the other side closed (an echo server's answer)."""
+    chunk = 1 << 20
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        received = bytearray()
+
+        def read_until_closed() -> None:
+            while part := sock.recv(chunk):
+                received.extend(part)
+
+        reader = threading.Thread(target=read_until_closed)
+        reader.start()
+        view = memoryview(data)
+        for offset in range(0, len(data), chunk):
+            sock.sendall(view[offset : offset + chunk])
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(timeout)
+    return bytes(received)
+
+
+@contextlib.asynccontextmanager
+async def crictl_port_forward(
+    crictl: Path, *, endpoint: str, pod_id: str, port: int
+) -> AsyncIterator[int]:
+    """``crictl port-forward`` of ``port`` in the pod to a free local port, for the block;
+    yields the local port once crictl listens."""
+    local = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(str(crictl), "--runtime-endpoint", endpoint, "port-forward", pod_id, f"{local}:{port}"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if b"Forwarding from" not in line:
+            raise RuntimeError(f"crictl port-forward did not start: {line!r}")
+        yield local
+    finally:
+        proc.kill()
+        await proc.wait()
