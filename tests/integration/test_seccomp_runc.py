@@ -279,10 +279,20 @@ def userns_allowed(runc: Runc, busybox: Path) -> bool:
     unconfined = runc.run(busybox, ["sh", "-c", TRY], seccomp=None)
     allowed = outcome(unconfined, "unshare -U true") == "ok"
     # Only a chroot'ed runtime may see this refusal; anywhere else it is a failure of ours.
-    root, pid1_root = os.stat("/"), os.stat("/proc/1/root")
-    in_chroot = (root.st_dev, root.st_ino) != (pid1_root.st_dev, pid1_root.st_ino)
-    assert allowed or in_chroot, unconfined.stdout
+    assert allowed or _in_chroot(), unconfined.stdout
     return allowed
+
+
+def _in_chroot() -> bool:
+    """Whether this process's / is a subtree of another filesystem tree (a chroot), not the
+    root of a mount namespace: PID 1 has another root, or / is mounted from a subdirectory."""
+    try:
+        root, pid1_root = os.stat("/"), os.stat("/proc/1/root")
+        return (root.st_dev, root.st_ino) != (pid1_root.st_dev, pid1_root.st_ino)
+    except OSError:  # /proc/1 not ours to look at
+        with open("/proc/self/mountinfo") as mounts:
+            fields = next(line.split() for line in mounts if line.split()[4] == "/")
+        return fields[3] != "/"
 
 
 def _namespace_commands(userns_allowed: bool) -> tuple[str, ...]:
