@@ -8,6 +8,8 @@ callers on the event loop run it in a thread.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PARENT = "/pycri"
@@ -24,6 +26,17 @@ def cgroups_path(cgroup_parent: str, object_id: str) -> str:
 
 def is_v2() -> bool:
     return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def hybrid_v2_controllers(root: Path = CGROUP_ROOT) -> list[str]:
+    """In hybrid mode (v1 hierarchies, plus the v2 one at ``unified/``), the controllers bound
+    to v2 (a controller no v1 hierarchy mounts lands there); empty otherwise."""
+    if (root / "cgroup.controllers").exists():
+        return []  # pure v2
+    try:
+        return (root / "unified" / "cgroup.controllers").read_text().split()
+    except OSError:
+        return []
 
 
 def oom_kill_count(path: str) -> int:
@@ -43,3 +56,251 @@ def oom_kill_count(path: str) -> int:
         except (OSError, ValueError):
             continue
     return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CgroupLimits:
+    """CPU and memory limits of one cgroup, in CRI units (None: leave as it is)."""
+
+    cpu_shares: int | None = None
+    cpu_quota: int | None = None  # µs per period; -1: no limit
+    cpu_period: int | None = None  # µs
+    memory_limit: int | None = None  # bytes; -1: no limit
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
+
+
+class CgroupWriteError(OSError):
+    """The kernel refused a limit (a memory limit below the usage, a quota its children
+    exceed, a cpuset outside the parent's); the previous values were put back."""
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) as v2 cpu.weight (1..10000), kubelet's formula."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def _limit_writes(path: str, limits: CgroupLimits, *, root: Path) -> list[tuple[Path, str]]:
+    """(file, value) in the order the kernel accepts them: period before quota."""
+    rel = path.strip("/")
+    writes: list[tuple[Path, str]] = []
+    if (root / "cgroup.controllers").exists():  # v2: one directory, other file names
+        d = root / rel
+        if limits.cpu_shares is not None:
+            writes.append((d / "cpu.weight", str(shares_to_weight(limits.cpu_shares))))
+        if limits.cpu_quota is not None or limits.cpu_period is not None:
+            quota = limits.cpu_quota
+            period = limits.cpu_period or 100_000
+            value = "max" if quota is None or quota < 0 else str(quota)
+            writes.append((d / "cpu.max", f"{value} {period}"))
+        if limits.memory_limit is not None:
+            limit = limits.memory_limit
+            writes.append((d / "memory.max", "max" if limit < 0 else str(limit)))
+        if limits.cpuset_cpus is not None:
+            writes.append((d / "cpuset.cpus", limits.cpuset_cpus))
+        if limits.cpuset_mems is not None:
+            writes.append((d / "cpuset.mems", limits.cpuset_mems))
+        return writes
+    if limits.cpu_shares is not None:
+        writes.append((root / "cpu" / rel / "cpu.shares", str(limits.cpu_shares)))
+    if limits.cpu_period is not None:
+        writes.append((root / "cpu" / rel / "cpu.cfs_period_us", str(limits.cpu_period)))
+    if limits.cpu_quota is not None:
+        writes.append((root / "cpu" / rel / "cpu.cfs_quota_us", str(limits.cpu_quota)))
+    if limits.memory_limit is not None:
+        limit = limits.memory_limit
+        writes.append((root / "memory" / rel / "memory.limit_in_bytes", str(limit)))
+    if limits.cpuset_cpus is not None:
+        writes.append((root / "cpuset" / rel / "cpuset.cpus", limits.cpuset_cpus))
+    if limits.cpuset_mems is not None:
+        writes.append((root / "cpuset" / rel / "cpuset.mems", limits.cpuset_mems))
+    return writes
+
+
+def apply_limits(path: str, limits: CgroupLimits, *, root: Path = CGROUP_ROOT) -> None:
+    """Write ``limits`` into the existing cgroup ``path`` (blocking: call from a thread).
+
+    All or nothing: the old values are read first, and if the kernel refuses one write the ones
+    already made are put back before ``CgroupWriteError`` is raised. A cgroup that does not
+    exist raises ``FileNotFoundError`` before anything is written.
+    """
+    writes = _limit_writes(path, limits, root=root)
+    for file, _ in writes:
+        if not file.parent.is_dir():
+            raise FileNotFoundError(f"cgroup {file.parent} does not exist")
+    old = [(file, file.read_text().strip()) for file, _ in writes]
+    done: list[tuple[Path, str]] = []
+    for (file, value), (_, previous) in zip(writes, old, strict=True):
+        try:
+            file.write_text(value)
+        except OSError as err:
+            for undo_file, undo_value in reversed(done):
+                with contextlib.suppress(OSError):
+                    undo_file.write_text(undo_value)
+            raise CgroupWriteError(
+                err.errno, f"{file.name} = {value}: {err.strerror or err}"
+            ) from None
+        done.append((file, previous))
+
+
+def read_limits(path: str, *, root: Path = CGROUP_ROOT) -> dict[str, str]:
+    """The limit files ``apply_limits`` writes, as the kernel now says (for tests and info)."""
+    probe = CgroupLimits(cpu_shares=2, cpu_quota=0, cpu_period=0, memory_limit=0)
+    values = {}
+    for file, _ in _limit_writes(path, probe, root=root):
+        with contextlib.suppress(OSError):
+            values[file.name] = file.read_text().strip()
+    return values
+
+
+# cgroup v1 reports "no memory limit" as the largest page-aligned int64.
+_V1_UNLIMITED = 0x7FFFFFFFFFFFF000
+
+
+@dataclass(frozen=True, kw_only=True)
+class CgroupCounters:
+    """One cgroup's counters and limits, as cAdvisor reads them (0 when not available).
+
+    Memory follows cAdvisor: working set = usage - inactive file pages; rss and cache are the
+    hierarchical (v1 ``total_*``) or v2 ``anon``/``file`` values; an unlimited limit is 0.
+    """
+
+    cpu_usage_ns: int = 0
+    cpu_user_ns: int = 0
+    cpu_system_ns: int = 0
+    cfs_periods: int = 0
+    cfs_throttled_periods: int = 0
+    cfs_throttled_ns: int = 0
+    memory_usage: int = 0
+    memory_max_usage: int = 0
+    memory_working_set: int = 0
+    memory_rss: int = 0
+    memory_cache: int = 0
+    memory_swap: int = 0
+    memory_mapped_file: int = 0
+    memory_failcnt: int = 0
+    oom_kills: int = 0
+    processes: int = 0
+    threads: int = 0
+    cpu_shares: int = 0
+    cpu_quota: int = 0  # 0: no quota
+    cpu_period: int = 0
+    memory_limit: int = 0  # 0: no limit
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            continue
+    return values
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return len(path.read_bytes().splitlines())
+    except OSError:
+        return 0
+
+
+def read_counters(path: str, *, root: Path = CGROUP_ROOT) -> CgroupCounters | None:
+    """The counters of cgroup ``path`` (blocking: a dozen small reads; call from a thread);
+    None when the cgroup does not exist (the container stopped meanwhile)."""
+    rel = path.strip("/")
+    if (root / "cgroup.controllers").exists():
+        return _read_v2(root / rel)
+    return _read_v1(root, rel)
+
+
+def _read_v1(root: Path, rel: str) -> CgroupCounters | None:
+    cpuacct, cpu, memory = root / "cpuacct" / rel, root / "cpu" / rel, root / "memory" / rel
+    if not memory.is_dir():
+        return None
+    usage = _read_int(memory / "memory.usage_in_bytes")
+    stat = _read_keyed(memory / "memory.stat")
+    cpu_stat = _read_keyed(cpu / "cpu.stat")
+    quota = _read_int(cpu / "cpu.cfs_quota_us")
+    limit = _read_int(memory / "memory.limit_in_bytes")
+    oom = _read_keyed(memory / "memory.oom_control")
+    pids = root / "pids" / rel
+    return CgroupCounters(
+        cpu_usage_ns=_read_int(cpuacct / "cpuacct.usage"),
+        cpu_user_ns=_read_int(cpuacct / "cpuacct.usage_user"),
+        cpu_system_ns=_read_int(cpuacct / "cpuacct.usage_sys"),
+        cfs_periods=cpu_stat.get("nr_periods", 0),
+        cfs_throttled_periods=cpu_stat.get("nr_throttled", 0),
+        cfs_throttled_ns=cpu_stat.get("throttled_time", 0),
+        memory_usage=usage,
+        memory_max_usage=_read_int(memory / "memory.max_usage_in_bytes"),
+        memory_working_set=max(usage - stat.get("total_inactive_file", 0), 0),
+        memory_rss=stat.get("total_rss", 0),
+        memory_cache=stat.get("total_cache", 0),
+        memory_swap=stat.get("total_swap", 0),
+        memory_mapped_file=stat.get("total_mapped_file", 0),
+        memory_failcnt=_read_int(memory / "memory.failcnt"),
+        oom_kills=oom.get("oom_kill", 0),
+        processes=_count_lines(pids / "cgroup.procs"),
+        threads=_read_int(pids / "pids.current"),
+        cpu_shares=_read_int(cpu / "cpu.shares"),
+        cpu_quota=max(quota, 0),
+        cpu_period=_read_int(cpu / "cpu.cfs_period_us"),
+        memory_limit=0 if limit >= _V1_UNLIMITED else limit,
+    )
+
+
+def _read_v2(d: Path) -> CgroupCounters | None:
+    if not d.is_dir():
+        return None
+    cpu_stat = _read_keyed(d / "cpu.stat")
+    stat = _read_keyed(d / "memory.stat")
+    events = _read_keyed(d / "memory.events")
+    usage = _read_int(d / "memory.current")
+    quota, period = 0, 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        max_quota, max_period = (d / "cpu.max").read_text().split()[:2]
+        quota = 0 if max_quota == "max" else int(max_quota)
+        period = int(max_period)
+    weight = _read_int(d / "cpu.weight")
+    try:
+        limit_text = (d / "memory.max").read_text().strip()
+        limit = 0 if limit_text == "max" else int(limit_text)
+    except (OSError, ValueError):
+        limit = 0
+    return CgroupCounters(
+        cpu_usage_ns=cpu_stat.get("usage_usec", 0) * 1000,
+        cpu_user_ns=cpu_stat.get("user_usec", 0) * 1000,
+        cpu_system_ns=cpu_stat.get("system_usec", 0) * 1000,
+        cfs_periods=cpu_stat.get("nr_periods", 0),
+        cfs_throttled_periods=cpu_stat.get("nr_throttled", 0),
+        cfs_throttled_ns=cpu_stat.get("throttled_usec", 0) * 1000,
+        memory_usage=usage,
+        memory_max_usage=_read_int(d / "memory.peak"),
+        memory_working_set=max(usage - stat.get("inactive_file", 0), 0),
+        memory_rss=stat.get("anon", 0),
+        memory_cache=stat.get("file", 0),
+        memory_swap=_read_int(d / "memory.swap.current"),
+        memory_mapped_file=stat.get("file_mapped", 0),
+        memory_failcnt=events.get("max", 0),
+        oom_kills=events.get("oom_kill", 0),
+        processes=_count_lines(d / "cgroup.procs"),
+        threads=_read_int(d / "pids.current"),
+        # kubelet's inverse of shares_to_weight, so the spec metric speaks in shares
+        cpu_shares=2 + ((weight - 1) * 262142) // 9999 if weight else 0,
+        cpu_quota=quota,
+        cpu_period=period,
+        memory_limit=limit,
+    )

@@ -30,6 +30,43 @@ class RegistryConfig:
     ca_files: dict[str, str] = field(default_factory=dict)
 
 
+# containerd runtime types whose shim is containerd's runc shim: ``binary`` and ``options``
+# apply to them (other shims take their own options, which pycri does not build).
+RUNC_SHIM_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
+# The runc shim's options a handler may set (containerd's names), with their types. The OCI
+# binary is ``binary``; ``SystemdCgroup`` must agree with ``cgroup_driver`` (only cgroupfs).
+RUNC_OPTION_TYPES: dict[str, type] = {
+    "NoPivotRoot": bool,
+    "NoNewKeyring": bool,
+    "ShimCgroup": str,
+    "IoUid": int,
+    "IoGid": int,
+    "Root": str,
+    "SystemdCgroup": bool,
+}
+CGROUP_DRIVERS = ("cgroupfs",)
+
+
+@dataclass(kw_only=True)
+class RuntimeHandlerConfig:
+    """One ``[runtimes.NAME]`` table: the runtime a pod with ``runtime_handler = NAME`` gets."""
+
+    # containerd runtime (shim) type
+    runtime_type: str = "io.containerd.runc.v2"
+    # the OCI runtime the runc shim runs: an absolute path or a name on PATH; empty: runc
+    binary: str = ""
+    # runc shim options by containerd's names (NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid,
+    # IoGid, Root); Root defaults to STATE/runtimes/NAME
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_runtimes() -> dict[str, RuntimeHandlerConfig]:
+    return {
+        "runc": RuntimeHandlerConfig(binary="runc"),
+        "crun": RuntimeHandlerConfig(binary="crun"),
+    }
+
+
 @dataclass(kw_only=True)
 class Config:
     # CRI socket kubelet/crictl connect to
@@ -44,8 +81,10 @@ class Config:
     containerd_binary: str = "containerd"
     # image of the pod sandbox (pause) container
     sandbox_image: str = "registry.k8s.io/pause:3.9"
-    # containerd runtime for tasks
-    runtime: str = "io.containerd.runc.v2"
+    # the runtime handler of pods whose RunPodSandbox names none (a [runtimes.NAME] table)
+    default_runtime_handler: str = "runc"
+    # how pod and container cgroups are managed (cgroupfs only; kubelet must agree)
+    cgroup_driver: str = "cgroupfs"
     snapshotter: str = "overlayfs"
     # text (for a terminal) or json
     log_format: str = "text"
@@ -56,6 +95,10 @@ class Config:
     enable_fault_injection: bool = False
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    # a CNI config template; when kubelet sends the node's pod CIDR (UpdateRuntimeConfig)
+    # pycri writes cni_conf_dir/10-pycri-net.conflist from it ({{.PodCIDR}} replaced);
+    # empty: never write a CNI config
+    cni_conf_template: str = ""
     # container log lines longer than this are split into partial lines (<= 0: never)
     max_container_log_line_size: int = 16384
     # address of the exec/attach/port-forward streaming server
@@ -74,6 +117,8 @@ class Config:
     # localhost/<absolute path>); empty: no filter, as the CRI says
     seccomp_unset_profile: str = ""
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    # runtime handlers by name ([runtimes.NAME]); given tables add to or replace the defaults
+    runtimes: dict[str, RuntimeHandlerConfig] = field(default_factory=_default_runtimes)
 
     @property
     def managed_containerd(self) -> bool:
@@ -106,12 +151,26 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _apply_runtimes(config: Config, data: Any) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key 'runtimes': expected a table, got {data!r}")
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config key 'runtimes.{name}': expected a table, got {table!r}")
+        handler = RuntimeHandlerConfig()
+        _apply(handler, table, f"runtimes.{name}.")
+        config.runtimes[name] = handler
+
+
 def _apply(target: Any, data: dict[str, Any], prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(f"unknown config key {name!r}")
+        if isinstance(target, Config) and key == "runtimes":
+            _apply_runtimes(target, value)
+            continue
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -142,7 +201,61 @@ def validate(config: Config) -> Config:
     for host, mirrors in config.registry.mirrors.items():
         if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
             raise ConfigError(f"config key 'registry.mirrors.{host}': expected a list of URLs")
+    if config.cgroup_driver not in CGROUP_DRIVERS:
+        raise ConfigError(
+            f"config key 'cgroup_driver': {config.cgroup_driver!r} is not supported: pycri "
+            "manages pod cgroups with the cgroupfs driver only (run kubelet with "
+            "--cgroup-driver=cgroupfs)"
+        )
+    if config.cni_conf_template and not Path(config.cni_conf_template).is_absolute():
+        raise ConfigError(
+            f"config key 'cni_conf_template': {config.cni_conf_template!r} must be absolute"
+        )
+    for name, handler in config.runtimes.items():
+        _validate_handler(name, handler)
+    if config.default_runtime_handler not in config.runtimes:
+        raise ConfigError(
+            f"config key 'default_runtime_handler': {config.default_runtime_handler!r} is not "
+            f"a [runtimes.NAME] table (configured: {', '.join(sorted(config.runtimes))})"
+        )
     return config
+
+
+def _validate_handler(name: str, handler: RuntimeHandlerConfig) -> None:
+    key = f"runtimes.{name}"
+    if not name or "/" in name:
+        raise ConfigError(f"config key {key!r}: a handler name must be non-empty, without '/'")
+    if not handler.runtime_type.startswith("io.containerd.") or handler.runtime_type.count(".") < 3:
+        raise ConfigError(
+            f"config key '{key}.runtime_type': {handler.runtime_type!r} is not a containerd "
+            "runtime type (io.containerd.NAME.VERSION)"
+        )
+    if handler.runtime_type not in RUNC_SHIM_TYPES:
+        if handler.binary or handler.options:
+            raise ConfigError(
+                f"config key {key!r}: binary and options apply to the runc shim only "
+                f"({', '.join(RUNC_SHIM_TYPES)}), not to {handler.runtime_type}"
+            )
+        return
+    for option, value in handler.options.items():
+        want = RUNC_OPTION_TYPES.get(option)
+        if want is None:
+            raise ConfigError(
+                f"unknown config key '{key}.options.{option}' (runc shim options: "
+                f"{', '.join(RUNC_OPTION_TYPES)}; the OCI binary is '{key}.binary')"
+            )
+        if type(value) is not want:
+            raise ConfigError(
+                f"config key '{key}.options.{option}': expected {want.__name__}, got {value!r}"
+            )
+    if handler.options.get("SystemdCgroup"):
+        raise ConfigError(
+            f"config key '{key}.options.SystemdCgroup': the systemd cgroup driver is not "
+            "supported (cgroup_driver is cgroupfs)"
+        )
+    root = handler.options.get("Root", "")
+    if root and not Path(root).is_absolute():
+        raise ConfigError(f"config key '{key}.options.Root': {root!r} must be absolute")
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -171,17 +284,18 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
-def default_toml() -> str:
-    """The full default configuration as TOML, with the comments of the fields."""
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment lines above each field of a config dataclass, by field name."""
     import inspect
 
-    source = inspect.getsource(Config)
     comments: dict[str, str] = {}
     pending: list[str] = []
-    for line in source.splitlines():
+    for line in inspect.getsource(cls).splitlines():
         stripped = line.strip()
         if stripped.startswith("# "):
             pending.append(stripped)
@@ -190,11 +304,17 @@ def default_toml() -> str:
             pending = []
         else:
             pending = []
+    return comments
+
+
+def default_toml() -> str:
+    """The full default configuration as TOML, with the comments of the fields."""
+    comments = _field_comments(Config)
     config = Config()
     lines = ["# pycri configuration (every key optional; these are the defaults)"]
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) or f.name == "runtimes":
             continue
         if comments.get(f.name):
             lines.append(comments[f.name])
@@ -209,4 +329,11 @@ def default_toml() -> str:
         "",
         "[registry.ca_files]",
     ]
+    handler_comments = _field_comments(RuntimeHandlerConfig)
+    for name, handler in config.runtimes.items():
+        lines += ["", comments["runtimes"], f"[runtimes.{name}]"]
+        for f in dataclasses.fields(handler):
+            if handler_comments.get(f.name):
+                lines.append(handler_comments[f.name])
+            lines.append(f"{f.name} = {_toml_value(getattr(handler, f.name))}")
     return "\n".join(lines) + "\n"

@@ -32,7 +32,9 @@ from pycri.images.store import ImageStore
 from pycri.metrics import Metrics, MetricsServer
 from pycri.net.manager import PodNetwork
 from pycri.net.netns import NetNS
+from pycri.net.pod_cidr import PodCIDR, PodCIDRError, validate_template
 from pycri.oci.host import probe_host_features
+from pycri.oci.runtime_handlers import RuntimeHandlers
 from pycri.paths import Paths
 from pycri.security.apparmor import AppArmor
 from pycri.security.node import probe_node_security
@@ -103,12 +105,19 @@ def build_runtime(
         validate_unset_profile(config.seccomp_unset_profile)
     except ValueError as err:
         raise ConfigError(f"config key 'seccomp_unset_profile': {err}") from None
+    template = Path(config.cni_conf_template) if config.cni_conf_template else None
+    if template is not None:
+        try:
+            validate_template(template)
+        except PodCIDRError as err:
+            raise ConfigError(f"config key 'cni_conf_template': {err}") from None
     return RuntimeContext(
         config=config,
         paths=paths,
         containerd=client,
         health=health,
         host_features=probe_host_features(),
+        handlers=RuntimeHandlers(config, paths=paths),
         security=security,
         seccomp=security.seccomp_settings(unset_profile=config.seccomp_unset_profile),
         apparmor=AppArmor(host=security.apparmor),
@@ -118,6 +127,11 @@ def build_runtime(
             conf_dir=Path(config.cni_conf_dir), bin_dirs=config.cni_bin_dirs, netns=netns
         ),
         netns=netns,
+        pod_cidr=PodCIDR(
+            state_file=paths.runtime_config_file,
+            conf_dir=Path(config.cni_conf_dir),
+            template=template,
+        ),
         sandboxes=sandboxes,
         containers=containers,
         sandbox_names=NameIndex(),
@@ -223,6 +237,7 @@ class Daemon:
         if self.managed is not None:
             await self.managed.start()
         await self.client.ensure_namespace(timeout=10)
+        await self.runtime.handlers.probe()  # before any pod can ask for one
         await self.health.probe()
         self.health.start()
         await self.images.refresh_all()
@@ -233,6 +248,7 @@ class Daemon:
             await self.events.subscribed.wait()
         await self.runtime.streams.start()  # before any RPC can hand out one of its URLs
         await self.server.start()  # answers "not initialized" until recovery is done
+        await self.runtime.pod_cidr.load()
         await self.runtime.network.start()  # CNI config loaded before the first Status
         await recover(self.runtime)
         if self.metrics_server is not None:

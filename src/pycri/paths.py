@@ -7,7 +7,10 @@
     ROOT/containerd/                     the managed containerd's root
     STATE/containers/<id>/io/            a container's stdio FIFOs
     STATE/containers/<id>/exec/<exec>/   an exec's FIFOs
+    ROOT/runtime-config.json             what kubelet sent in UpdateRuntimeConfig (pod CIDR)
     STATE/netns/<sandbox id>             network namespace pins
+    STATE/runtimes/<handler>/            an OCI runtime's state root (runc shim's ``Root``)
+    STATE/checkpoints/<id>/              CRIU's work dir while a container is checkpointed
     STATE/containerd/                    the managed containerd's state and socket
     STATE/pycri.lock                     one daemon per state dir
 
@@ -45,6 +48,17 @@ class Paths:
     @property
     def lock_file(self) -> Path:
         return self.state / "pycri.lock"
+
+    @property
+    def runtime_config_file(self) -> Path:
+        return self.root / "runtime-config.json"
+
+    def runtime_root(self, handler: str) -> Path:
+        """The state root of a runtime handler's OCI binary (the shim adds the namespace)."""
+        return self.state / "runtimes" / handler
+
+    def checkpoint_work_dir(self, container_id: str) -> Path:
+        return self.state / "checkpoints" / container_id
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self.sandboxes_dir / sandbox_id

@@ -57,6 +57,9 @@ _QUIET = {
     "ListPodSandboxStats",
     "ContainerStats",
     "PodSandboxStats",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "RuntimeConfig",
 }
 
 

@@ -36,6 +36,7 @@ from pycri.containerd.errors import (
     from_rpc_error,
 )
 from pycri.containerd.types import (
+    CHECKPOINT_OPTIONS_TYPE_URL,
     PROCESS_TYPE_URL,
     RESOURCES_TYPE_URL,
     SPEC_TYPE_URL,
@@ -43,10 +44,13 @@ from pycri.containerd.types import (
     Envelope,
     ExitStatus,
     Extension,
+    RuncOptions,
     TaskInfo,
     TaskMetrics,
     decode_envelope,
     decode_metrics,
+    decode_runc_options,
+    encode_runc_options,
     json_any,
     task_info,
     timestamp_ns,
@@ -252,15 +256,20 @@ class _Containers(_Service):
         snapshotter: str,
         snapshot_key: str,
         extensions: Mapping[str, Extension],
+        runtime_options: RuncOptions | None = None,
         timeout: float | None = None,
         lease: str | None = None,
     ) -> api.containers.Container:
-        """A container record: the OCI spec, the rootfs snapshot's key, labels, extensions."""
+        """A container record: the OCI spec, the rootfs snapshot's key, labels, extensions,
+        and the runtime (shim type, and the runc shim's options when given) its task gets."""
+        runtime_record = api.containers.Container.Runtime(name=runtime)
+        if runtime_options is not None:
+            runtime_record.options.CopyFrom(encode_runc_options(runtime_options))
         record = api.containers.Container(
             id=container_id,
             image=image,
             labels=dict(labels),
-            runtime=api.containers.Container.Runtime(name=runtime),
+            runtime=runtime_record,
             spec=json_any(SPEC_TYPE_URL, spec),
             snapshotter=snapshotter,
             snapshot_key=snapshot_key,
@@ -509,6 +518,32 @@ class _Tasks(_Service):
                 container_id=container_id, resources=json_any(RESOURCES_TYPE_URL, resources)
             ),
             empty_pb2.Empty,
+            timeout=timeout,
+        )
+
+    async def checkpoint(
+        self,
+        container_id: str,
+        *,
+        image_path: str,
+        work_path: str,
+        leave_running: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """CRIU-dump a running task into ``image_path`` (runc shim): the images stay there,
+        nothing goes to the content store; the task keeps running unless told otherwise."""
+        options = api.runc_options.CheckpointOptions(
+            exit=not leave_running, image_path=image_path, work_path=work_path
+        )
+        await self._call(
+            "Checkpoint",
+            api.tasks.CheckpointTaskRequest(
+                container_id=container_id,
+                options=any_pb2.Any(
+                    type_url=CHECKPOINT_OPTIONS_TYPE_URL, value=options.SerializeToString()
+                ),
+            ),
+            api.tasks.CheckpointTaskResponse,
             timeout=timeout,
         )
 
@@ -921,6 +956,12 @@ def record_spec(record: api.containers.Container) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError("spec is not an object")
     return spec
+
+
+def record_runtime(record: api.containers.Container) -> tuple[str, RuncOptions | None]:
+    """The runtime of a record: its shim type, and its runc shim options if it has them."""
+    options = record.runtime.options if record.runtime.HasField("options") else None
+    return record.runtime.name, decode_runc_options(options) if options is not None else None
 
 
 def record_extension(record: api.containers.Container, name: str) -> bytes:

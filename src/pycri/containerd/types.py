@@ -9,6 +9,7 @@ in one place, so a change of containerd's API version touches only this package.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ from pycri.containerd import api
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+# containerd's runc shim decodes its options by the message's proto name (typeurl, no prefix).
+RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
+CHECKPOINT_OPTIONS_TYPE_URL = "containerd.runc.v1.CheckpointOptions"
 
 
 class TaskStatus(enum.IntEnum):
@@ -66,6 +70,57 @@ class Extension:
 
     type_url: str
     value: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuncOptions:
+    """The options of containerd's runc shim for one container (its record's runtime options,
+    which the shim reads when it creates the task): which OCI binary runs it, and where that
+    binary keeps its state."""
+
+    binary_name: str = ""  # empty: the shim's default, runc on its PATH
+    root: str = ""  # the OCI runtime's state root (the shim adds the namespace); empty: default
+    no_pivot_root: bool = False
+    no_new_keyring: bool = False
+    shim_cgroup: str = ""
+    io_uid: int = 0
+    io_gid: int = 0
+    systemd_cgroup: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as containerd's CRI plugin shows them (snake_case, set fields only)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+
+
+def encode_runc_options(options: RuncOptions) -> any_pb2.Any:
+    message = api.runc_options.Options(
+        binary_name=options.binary_name,
+        root=options.root,
+        no_pivot_root=options.no_pivot_root,
+        no_new_keyring=options.no_new_keyring,
+        shim_cgroup=options.shim_cgroup,
+        io_uid=options.io_uid,
+        io_gid=options.io_gid,
+        systemd_cgroup=options.systemd_cgroup,
+    )
+    return any_pb2.Any(type_url=RUNC_OPTIONS_TYPE_URL, value=message.SerializeToString())
+
+
+def decode_runc_options(value: any_pb2.Any) -> RuncOptions | None:
+    """A record's runtime options, if they are the runc shim's (None otherwise or if unset)."""
+    if not value.type_url.endswith(RUNC_OPTIONS_TYPE_URL):
+        return None
+    m = api.runc_options.Options.FromString(value.value)
+    return RuncOptions(
+        binary_name=m.binary_name,
+        root=m.root,
+        no_pivot_root=m.no_pivot_root,
+        no_new_keyring=m.no_new_keyring,
+        shim_cgroup=m.shim_cgroup,
+        io_uid=int(m.io_uid),
+        io_gid=int(m.io_gid),
+        systemd_cgroup=m.systemd_cgroup,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

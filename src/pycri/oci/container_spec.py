@@ -93,6 +93,7 @@ def container_spec(
     resolve_device: DeviceResolver = device_from_host,
     seccomp: JsonDict | None = None,
     apparmor_profile: str | None = None,
+    recursive_read_only_supported: bool = False,
 ) -> JsonDict:
     """The spec of an application container in the sandbox whose pause process is ``sandbox_pid``.
 
@@ -111,6 +112,8 @@ def container_spec(
     filesystem access lives there). ``image_name`` defaults to the image the config names.
     ``seccomp`` (``linux.seccomp``) and ``apparmor_profile`` are resolved by the caller
     (``pycri.security``), for the capabilities :func:`container_capabilities` gives this config.
+    A CRI mount with ``recursive_read_only`` gets runc's ``rro`` option, where the pod's runtime
+    handler supports it (``recursive_read_only_supported``); elsewhere it is refused.
     """
     del container_id  # the spec does not name the container; containerd keys it by ID
     host = host or HostFeatures()
@@ -120,7 +123,7 @@ def container_spec(
     if security.privileged and not sandbox_config.linux.security_context.privileged:
         raise ValueError("a privileged container is not allowed in a non-privileged sandbox")
     for mount in config.mounts:
-        validate_mount(mount)
+        validate_mount(mount, recursive_read_only_supported=recursive_read_only_supported)
     for device in config.devices:
         validate_device(device)
 
@@ -174,7 +177,12 @@ def container_spec(
             bind_mount(
                 source=mount.host_path,
                 destination=posixpath.normpath(mount.container_path),
-                options=["rbind", propagation, "ro" if mount.readonly else "rw"],
+                options=[
+                    "rbind",
+                    propagation,
+                    "ro" if mount.readonly else "rw",
+                    *(["rro"] if mount.recursive_read_only else []),
+                ],
             )
         )
     mounts = merge_mounts(

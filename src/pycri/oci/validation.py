@@ -17,8 +17,13 @@ def has_dot_dot(path: str) -> bool:
     return ".." in path.split("/")
 
 
-def validate_mount(mount: api_pb2.Mount) -> None:
-    """Refuse a CRI mount runc would misplace or that could escape its intended location."""
+def validate_mount(mount: api_pb2.Mount, *, recursive_read_only_supported: bool = False) -> None:
+    """Refuse a CRI mount runc would misplace or that could escape its intended location.
+
+    ``recursive_read_only_supported``: the pod's runtime handler and the kernel can make a bind
+    mount read-only with everything below it (``rro``); kubelet asks for it only where Status
+    said so, and a mount that asks for it elsewhere is refused rather than left writable below.
+    """
     for what, path in (("container_path", mount.container_path), ("host_path", mount.host_path)):
         if not path:
             raise ValueError(f"mount {what} is empty")
@@ -26,12 +31,22 @@ def validate_mount(mount: api_pb2.Mount) -> None:
             raise ValueError(f"mount {what} {path!r} is not an absolute path")
         if has_dot_dot(path):
             raise ValueError(f"mount {what} {path!r} must not contain '..'")
-    # runc 1.1 knows neither recursive read-only nor idmapped bind mounts; silently making the
-    # mount writable or unmapped would be worse than refusing.
+    # Silently leaving submounts writable, or a mount unmapped, would be worse than refusing.
     if mount.recursive_read_only:
-        raise ValueError(
-            f"mount {mount.container_path!r}: recursive read-only mounts are not supported"
-        )
+        if not recursive_read_only_supported:
+            raise ValueError(
+                f"mount {mount.container_path!r}: recursive read-only mounts are not supported "
+                "by this pod's runtime handler"
+            )
+        if not mount.readonly:
+            raise ValueError(
+                f"mount {mount.container_path!r}: a recursive read-only mount must be readonly"
+            )
+        if mount.propagation != api_pb2.PROPAGATION_PRIVATE:
+            raise ValueError(
+                f"mount {mount.container_path!r}: a recursive read-only mount must have private "
+                "propagation"
+            )
     if mount.uidMappings or mount.gidMappings:
         raise ValueError(f"mount {mount.container_path!r}: idmapped mounts are not supported")
     if mount.HasField("image") and mount.image.image:

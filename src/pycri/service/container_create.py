@@ -40,7 +40,7 @@ from pycri.service.image_resolve import resolve_image
 from pycri.service.records import Mount
 from pycri.service.rollback import Rollback
 from pycri.service.sandbox_files import SandboxFiles
-from pycri.service.sandbox_run import current_oom_score_adj
+from pycri.service.sandbox_run import current_oom_score_adj, resolve_runtime_handler
 from pycri.store import checkpoint
 from pycri.store.container import Container, ContainerMetadata, ContainerStatus
 from pycri.store.names import container_name
@@ -49,7 +49,9 @@ from pycri.store.sandbox import SandboxState
 log = logging.getLogger(__name__)
 
 
-def validate_container_config(config: api_pb2.ContainerConfig) -> None:
+def validate_container_config(
+    config: api_pb2.ContainerConfig, *, recursive_read_only_supported: bool = False
+) -> None:
     if not config.HasField("metadata") or not config.metadata.name:
         raise InvalidArgument("container config must include metadata with a name")
     if not config.image.image:
@@ -58,7 +60,7 @@ def validate_container_config(config: api_pb2.ContainerConfig) -> None:
         if config.log_path:
             validate_log_path(config.log_path)
         for mount in config.mounts:
-            validate_mount(mount)
+            validate_mount(mount, recursive_read_only_supported=recursive_read_only_supported)
     except ValueError as err:
         raise InvalidArgument(str(err)) from None
 
@@ -66,22 +68,10 @@ def validate_container_config(config: api_pb2.ContainerConfig) -> None:
 def _read_from_layers(mounts: list[Mount], rel: str) -> str:
     """Read a file of the container's rootfs straight from the snapshot's layer dirs.
 
-    An overlay mount lists its dirs top-most first (upperdir, then lowerdirs); a bind
-    mount is a single dir. The first dir that has the file wins, as overlayfs would show.
-    No mount is made, so nothing needs cleaning up.
+    The first dir that has the file wins, as overlayfs would show. No mount is made, so
+    nothing needs cleaning up.
     """
-    dirs: list[str] = []
-    for mount in mounts:
-        if mount.type == "bind":
-            dirs.append(mount.source)
-            continue
-        for option in mount.options:
-            key, _, value = option.partition("=")
-            if key == "upperdir":
-                dirs.insert(0, value)
-            elif key == "lowerdir":
-                dirs.extend(value.split(":"))
-    for d in dirs:
+    for d in records.layer_dirs(mounts):
         path = Path(d) / rel
         if path.is_file():
             return path.read_text(errors="replace")
@@ -91,6 +81,8 @@ def _read_from_layers(mounts: list[Mount], rel: str) -> str:
 async def resolve_process_user(
     config: api_pb2.ContainerConfig, image: Image, mounts: list[Mount]
 ) -> ProcessUser:
+    """Who the process runs as; the Strict supplemental groups policy ignores the image's
+    /etc/group memberships (what Status' ``supplemental_groups_policy`` feature says)."""
     security = config.linux.security_context
     passwd, group = await asyncio.to_thread(
         lambda: (_read_from_layers(mounts, "etc/passwd"), _read_from_layers(mounts, "etc/group"))
@@ -104,6 +96,9 @@ async def resolve_process_user(
             supplemental_groups=list(security.supplemental_groups),
             passwd=passwd,
             group=group,
+            strict_supplemental_groups=(
+                security.supplemental_groups_policy == api_pb2.SupplementalGroupsPolicy.Strict
+            ),
         )
     except ValueError as err:
         raise InvalidArgument(str(err)) from None
@@ -131,8 +126,12 @@ async def create_container(
     rt: RuntimeContext, request: api_pb2.CreateContainerRequest
 ) -> api_pb2.CreateContainerResponse:
     config = request.config
-    validate_container_config(config)
     sandbox = rt.sandboxes.get(request.pod_sandbox_id)
+    # Every container runs under its pod's handler (recorded with the pod, so also after a
+    # restart); one removed from the config since is refused, never swapped for another.
+    handler = resolve_runtime_handler(rt, sandbox.metadata.runtime_handler)
+    recursive_read_only = handler.features.recursive_read_only_mounts
+    validate_container_config(config, recursive_read_only_supported=recursive_read_only)
     if sandbox.status.state is not SandboxState.READY:
         raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
     sandbox_config = sandbox.metadata.config
@@ -159,6 +158,9 @@ async def create_container(
             log_path=log_path,
             stop_signal=image.config.stop_signal,
             created_at=created_at,
+            runtime_handler=handler.name,
+            runtime_type=handler.runtime_type,
+            runtime_options=handler.options.to_json() if handler.options is not None else {},
         )
 
         # The snapshot comes first: the user lookup reads /etc/passwd from its layers.
@@ -186,6 +188,7 @@ async def create_container(
                         host=rt.host_features,
                         seccomp=seccomp,
                         apparmor_profile=apparmor_profile,
+                        recursive_read_only_supported=recursive_read_only,
                     )
                 )
             except (OSError, ValueError) as err:
@@ -203,6 +206,7 @@ async def create_container(
                 **dict(config.labels),
                 records.SANDBOX_ID_LABEL: sandbox.id,
             },
+            handler=handler,
             undo=undo,
         )
         status = ContainerStatus(

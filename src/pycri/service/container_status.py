@@ -88,7 +88,9 @@ async def container_status(
                 "removing": status.removing,
                 "snapshotKey": container.id,
                 "snapshotter": rt.config.snapshotter,
-                "runtimeType": rt.config.runtime,
+                "runtimeHandler": container.metadata.runtime_handler,
+                "runtimeType": container.metadata.runtime_type,
+                "runtimeOptions": container.metadata.runtime_options,
                 "config": json.loads(container.metadata.encode())["config"],
             }
         )

@@ -22,7 +22,9 @@ from pycri.images.store import ImageStore
 from pycri.metrics import Metrics
 from pycri.net.manager import PodNetwork
 from pycri.net.netns import NetNS
+from pycri.net.pod_cidr import PodCIDR
 from pycri.oci.host import HostFeatures
+from pycri.oci.runtime_handlers import RuntimeHandlers
 from pycri.paths import Paths
 from pycri.security.apparmor import AppArmor
 from pycri.security.node import NodeSecurity
@@ -44,8 +46,10 @@ class RuntimeContext:
     # containerd: the client, and the background probe Status answers from
     containerd: ContainerdClient
     health: ContainerdHealth
-    # what the node has: host facts for specs, images, registry pulls, pod networking
+    # what the node has: host facts for specs, the runtime handlers (probed at start),
+    # images, registry pulls, pod networking
     host_features: HostFeatures
+    handlers: RuntimeHandlers
     # what the node enforces: seccomp filters (settings for the resolution), AppArmor
     security: NodeSecurity
     seccomp: SeccompSettings
@@ -54,6 +58,8 @@ class RuntimeContext:
     pulls: ImagePuller
     network: PodNetwork
     netns: NetNS
+    # the node's pod CIDR from kubelet, and the CNI config written from it
+    pod_cidr: PodCIDR
     # the objects and their names
     sandboxes: SandboxStore
     containers: ContainerStore

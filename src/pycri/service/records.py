@@ -21,6 +21,7 @@ from pycri.events.types import Kind
 
 if TYPE_CHECKING:
     from pycri.images.model import Image
+    from pycri.oci.runtime_handlers import RuntimeHandler
     from pycri.service.context import RuntimeContext
     from pycri.service.rollback import Rollback
 
@@ -51,6 +52,23 @@ def record_metadata(record: Record) -> dict[str, Any]:
 record_spec = containerd_client.record_spec
 
 
+def layer_dirs(mounts: list[Mount]) -> list[str]:
+    """A snapshot's dirs, top-most first: an overlay mount's upperdir (the writable layer of
+    an active snapshot), then its lowerdirs; a bind mount is a single (writable) dir."""
+    dirs: list[str] = []
+    for mount in mounts:
+        if mount.type == "bind":
+            dirs.append(mount.source)
+            continue
+        for option in mount.options:
+            key, _, value = option.partition("=")
+            if key == "upperdir":
+                dirs.insert(0, value)
+            elif key == "lowerdir":
+                dirs.extend(value.split(":"))
+    return dirs
+
+
 async def create_record(
     rt: RuntimeContext,
     *,
@@ -60,9 +78,11 @@ async def create_record(
     spec: dict[str, Any] | Callable[[list[Mount]], Awaitable[dict[str, Any]]],
     metadata: bytes,
     labels: dict[str, str],
+    handler: RuntimeHandler,
     undo: Rollback,
 ) -> list[Mount]:
-    """Prepare the object's snapshot and create its containerd container record.
+    """Prepare the object's snapshot and create its containerd container record, whose
+    runtime (shim type and runc options) is the pod's runtime handler's.
 
     Both happen under a short-lived lease, so containerd's GC cannot take the new snapshot
     before the record references it, and a crash in between leaves nothing that the lease's
@@ -87,7 +107,8 @@ async def create_record(
             container_id=object_id,
             image=image.repo_tags[0] if image.repo_tags else image.id,
             labels={**labels, KIND_LABEL: kind.value},
-            runtime=rt.config.runtime,
+            runtime=handler.runtime_type,
+            runtime_options=handler.options,
             spec=spec,
             snapshotter=snapshotter,
             snapshot_key=object_id,

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from pycri.service import (
     container_attach,
+    container_checkpoint,
     container_create,
     container_events,
     container_exec,
@@ -27,11 +28,14 @@ from pycri.service import (
     image_pull,
     image_remove,
     image_status,
+    pod_metrics,
+    runtime_config,
     sandbox_portforward,
     sandbox_remove,
     sandbox_run,
     sandbox_status,
     sandbox_stop,
+    sandbox_update,
     stats,
     status,
     version,
@@ -66,6 +70,12 @@ RUNTIME_RPCS: dict[str, Impl] = {
     "ListContainerStats": stats.list_container_stats,
     "PodSandboxStats": stats.pod_sandbox_stats,
     "ListPodSandboxStats": stats.list_pod_sandbox_stats,
+    "RuntimeConfig": runtime_config.runtime_config,
+    "UpdateRuntimeConfig": runtime_config.update_runtime_config,
+    "UpdatePodSandboxResources": sandbox_update.update_pod_sandbox_resources,
+    "ListMetricDescriptors": pod_metrics.list_metric_descriptors,
+    "ListPodSandboxMetrics": pod_metrics.list_pod_sandbox_metrics,
+    "CheckpointContainer": container_checkpoint.checkpoint_container,
 }
 
 IMAGE_RPCS: dict[str, Impl] = {

@@ -32,10 +32,11 @@ from typing import Any
 from cri_api.v1 import api_pb2
 
 from pycri.cgroups import cgroups_path
-from pycri.errors import InvalidArgument, NotFound
+from pycri.errors import FailedPrecondition, InvalidArgument
 from pycri.events.types import Kind
 from pycri.net.cni import AddProgress
 from pycri.oci.capabilities import sandbox_capabilities
+from pycri.oci.runtime_handlers import RuntimeHandler, UnknownHandlerError, UnusableHandlerError
 from pycri.oci.sandbox_spec import sandbox_spec
 from pycri.security.seccomp import linux_seccomp
 from pycri.service import records
@@ -64,6 +65,17 @@ def validate_sandbox_config(config: api_pb2.PodSandboxConfig) -> None:
         raise InvalidArgument(f"log_directory {config.log_directory!r} must not contain '..'")
 
 
+def resolve_runtime_handler(rt: RuntimeContext, name: str) -> RuntimeHandler:
+    """The handler a pod asked for ("" → the default): an unknown name is the request's fault
+    (INVALID_ARGUMENT), a configured one that cannot run is the node's (FAILED_PRECONDITION)."""
+    try:
+        return rt.handlers.resolve(name)
+    except UnknownHandlerError as err:
+        raise InvalidArgument(str(err.args[0])) from None
+    except UnusableHandlerError as err:
+        raise FailedPrecondition(str(err)) from None
+
+
 def current_oom_score_adj() -> int:
     try:
         return int(Path("/proc/self/oom_score_adj").read_text())
@@ -76,8 +88,7 @@ async def run_pod_sandbox(
 ) -> api_pb2.RunPodSandboxResponse:
     config = request.config
     validate_sandbox_config(config)
-    if request.runtime_handler not in ("", "runc"):
-        raise NotFound(f"runtime handler {request.runtime_handler!r} is not configured")
+    handler = resolve_runtime_handler(rt, request.runtime_handler)
     # The pause container's filter, resolved before anything is made (a bad profile leaves
     # nothing to undo).
     seccomp = await linux_seccomp(
@@ -95,6 +106,7 @@ async def run_pod_sandbox(
             request,
             sandbox_id=sandbox_id,
             name=name,
+            handler=handler,
             seccomp=seccomp,
             undo=undo,
             latest=latest,
@@ -129,6 +141,7 @@ async def _run(
     *,
     sandbox_id: str,
     name: str,
+    handler: RuntimeHandler,
     seccomp: dict[str, Any] | None,
     undo: Rollback,
     latest: list[SandboxMetadata],
@@ -176,7 +189,7 @@ async def _run(
             config=config,
             netns_path=netns_path,
             created_at=now_ns(),
-            runtime_handler=request.runtime_handler,
+            runtime_handler=handler.name,
             cni_network=network.to_json() if network is not None else None,
         )
         latest.append(metadata)
@@ -188,6 +201,7 @@ async def _run(
             spec=spec,
             metadata=metadata.encode(),
             labels={**image.config.labels, **dict(config.labels)},
+            handler=handler,
             undo=undo,
         )
         if network is not None:
@@ -230,6 +244,7 @@ async def _run(
             "sandbox_id": sandbox_id,
             "sandbox_name": name,
             "pid": pid,
+            "runtime_handler": handler.name,
             "netns": netns_path,
             "ip": metadata.ip,
         },

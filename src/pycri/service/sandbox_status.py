@@ -55,6 +55,7 @@ async def pod_sandbox_status(
                 "netNamespacePath": sandbox.metadata.netns_path,
                 "image": rt.config.sandbox_image,
                 "runtimeHandler": sandbox.metadata.runtime_handler,
+                "resources": sandbox.status.resources,
                 "cniResult": sandbox.metadata.cni_result,
                 "config": json.loads(sandbox.metadata.encode())["config"],
             }

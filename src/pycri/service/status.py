@@ -1,5 +1,7 @@
-"""Status: RuntimeReady from the continuous containerd probe, NetworkReady from the CNI state;
-the verbose info says what the node enforces (seccomp filters, AppArmor).
+"""Status: RuntimeReady from the continuous containerd probe, NetworkReady from the CNI state,
+the runtime handlers with the features their probe found (and the default one again under the
+name "", as kubelet expects), and the runtime's own features; the verbose info says what the
+node enforces (seccomp filters, AppArmor) and what each handler is.
 
 Answered from memory only (kubelet calls it constantly; it must not hang with containerd).
 """
@@ -26,7 +28,12 @@ async def status(rt: RuntimeContext, request: api_pb2.StatusRequest) -> api_pb2.
     if not network_ready:
         network.reason = "NetworkPluginNotReady"
         network.message = network_message
-    response = api_pb2.StatusResponse(status=api_pb2.RuntimeStatus(conditions=[runtime, network]))
+    response = api_pb2.StatusResponse(
+        status=api_pb2.RuntimeStatus(conditions=[runtime, network]),
+        runtime_handlers=runtime_handlers(rt),
+        # CreateContainer honours the Strict policy (no groups from the image's /etc/group).
+        features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
+    )
     if request.verbose:
         response.info["config"] = json.dumps(
             {
@@ -37,8 +44,28 @@ async def status(rt: RuntimeContext, request: api_pb2.StatusRequest) -> api_pb2.
                 "cniConfDir": rt.config.cni_conf_dir,
             }
         )
-        response.info["cni"] = json.dumps(rt.network.describe())
+        response.info["cni"] = json.dumps({**rt.network.describe(), **rt.pod_cidr.describe()})
         response.info["security"] = json.dumps(
             {**rt.security.info(), "summary": rt.security.summary()}
         )
+        response.info["runtimeHandlers"] = json.dumps(
+            {
+                "default": rt.handlers.default,
+                "handlers": {h.name: h.describe() for h in rt.handlers.all()},
+            }
+        )
     return response
+
+
+def runtime_handlers(rt: RuntimeContext) -> list[api_pb2.RuntimeHandler]:
+    """Every usable handler with its probed features, then the default one named ""."""
+    listed = []
+    for handler in rt.handlers.usable():
+        features = api_pb2.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=handler.features.recursive_read_only_mounts,
+            user_namespaces=handler.features.user_namespaces,
+        )
+        listed.append(api_pb2.RuntimeHandler(name=handler.name, features=features))
+        if handler.name == rt.handlers.default:
+            listed.append(api_pb2.RuntimeHandler(name="", features=features))
+    return listed

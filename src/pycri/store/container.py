@@ -60,6 +60,10 @@ class ContainerMetadata:
     log_path: str  # absolute; empty disables logging
     stop_signal: str  # from the image config; empty means SIGTERM
     created_at: int  # ns, from the create; survives a lost checkpoint
+    # the pod's runtime handler, and the runtime it put in the containerd record
+    runtime_handler: str = ""
+    runtime_type: str = ""
+    runtime_options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,9 @@ class ContainerMetadata:
             "log_path": self.log_path,
             "stop_signal": self.stop_signal,
             "created_at": self.created_at,
+            "runtime_handler": self.runtime_handler,
+            "runtime_type": self.runtime_type,
+            "runtime_options": self.runtime_options,
         }
 
     @classmethod
@@ -88,6 +95,9 @@ class ContainerMetadata:
             log_path=doc.get("log_path", ""),
             stop_signal=doc.get("stop_signal", ""),
             created_at=int(doc.get("created_at", 0)),
+            runtime_handler=doc.get("runtime_handler", ""),
+            runtime_type=doc.get("runtime_type", ""),
+            runtime_options=dict(doc.get("runtime_options") or {}),
         )
 
     def encode(self) -> bytes:

@@ -11,10 +11,13 @@ visible). NOTREADY only says the pause task is not running: StopPodSandbox must 
 release the network, and the status records that it did (``record_network_torn_down``) or
 how often it failed (``record_teardown_failure``), so Stop and Remove know what is left.
 
-What is persisted (``ROOT/sandboxes/<id>/status``): the exit and the network teardown
-progress. The state itself is not: it is derived from the pause task at recovery, which is
-the truth after any crash; the checkpoint lets a restarted pycri skip a finished CNI DEL and
-keep counting failed ones.
+``record_resources`` keeps the pod-level resources UpdatePodSandboxResources applied (in
+its OCI ``linux.resources`` form), whatever the state.
+
+What is persisted (``ROOT/sandboxes/<id>/status``): the exit, the network teardown
+progress and the applied resources. The state itself is not: it is derived from the pause
+task at recovery, which is the truth after any crash; the checkpoint lets a restarted pycri
+skip a finished CNI DEL and keep counting failed ones.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ class SandboxStatus:
     exited_at: int = 0
     network_torn_down: bool = False  # CNI DEL done and netns removed
     network_teardown_failures: int = 0  # failed teardown calls (Remove gives up after a few)
+    # the pod-level resources last applied by UpdatePodSandboxResources (OCI linux.resources)
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     # not persisted (found at recovery): the netns pin was gone, so the IP is no longer valid
     netns_missing: bool = False
 
@@ -118,6 +123,7 @@ class SandboxStatus:
             "exited_at": self.exited_at,
             "network_torn_down": self.network_torn_down,
             "network_teardown_failures": self.network_teardown_failures,
+            "resources": self.resources,
         }
 
     @classmethod
@@ -129,6 +135,7 @@ class SandboxStatus:
             exited_at=int(doc.get("exited_at", 0)),
             network_torn_down=bool(doc.get("network_torn_down", False)),
             network_teardown_failures=int(doc.get("network_teardown_failures", 0)),
+            resources=dict(doc.get("resources") or {}),
         )
 
     def replace(self, **changes: Any) -> SandboxStatus:
@@ -178,6 +185,10 @@ class Sandbox(Transactional[SandboxStatus]):
             lambda s: s.replace(network_teardown_failures=s.network_teardown_failures + 1)
         )
         return status.network_teardown_failures
+
+    async def record_resources(self, resources: dict[str, Any]) -> SandboxStatus:
+        """UpdatePodSandboxResources applied these pod-level resources to the pod's cgroup."""
+        return await self.update(lambda s: s.replace(resources=resources))
 
     async def record_netns_missing(self, *, nothing_to_release: bool) -> None:
         """Recovery found the netns pin gone; without CNI there is nothing left to tear down."""
