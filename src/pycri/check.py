@@ -19,6 +19,9 @@ from pathlib import Path
 from pycri.api.server import socket_answers
 from pycri.config import Config
 from pycri.net import cni
+from pycri.oci.criu import criu_status
+from pycri.oci.runtime_handlers import RuntimeHandlers
+from pycri.paths import Paths
 from pycri.security.node import probe_node_security, runc_check_line
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -223,8 +226,43 @@ def security_checks() -> list[Finding]:
     return [ok(what) if good else missing(what, fix) for good, what, fix in lines]
 
 
+def runtime_checks(config: Config) -> list[Finding]:
+    """Each runtime handler as the daemon's probe sees it, and CRIU for checkpoints."""
+    paths = Paths(root=Path(config.root), state=Path(config.state))
+    handlers = RuntimeHandlers(config, paths=paths)
+    asyncio.run(handlers.probe())
+    found = []
+    for handler in handlers.all():
+        what = f"runtime handler {handler.name} ({handler.runtime_type} {handler.binary})".strip()
+        if handler.error:
+            default = handler.name == config.default_runtime_handler
+            found.append(
+                (missing if default else note)(
+                    f"{what}: {handler.error}",
+                    "install the binary or remove the [runtimes] table"
+                    if default
+                    else "pods asking for it are refused",
+                )
+            )
+        else:
+            rro = "with" if handler.features.recursive_read_only_mounts else "without"
+            found.append(ok(f"{what}: {rro} recursive read-only mounts"))
+    criu = asyncio.run(criu_status())
+    if criu.usable:
+        found.append(ok(f"criu {criu.version}: containers can be checkpointed"))
+    else:
+        fix = (
+            "apt-get install criu"
+            if not criu.binary
+            else "a CRIU release that knows this kernel, or a kernel this CRIU knows"
+        )
+        found.append(note(f"checkpoints refused: {criu.problem}", fix))
+    return found
+
+
 def run_checks(config: Config) -> list[Finding]:
     found = [_binary("runc", "runc")]
+    found += runtime_checks(config)
     found += containerd_checks(config)
     found += kernel_checks()
     found += security_checks()

@@ -238,6 +238,12 @@ class Daemon:
             await self.managed.start()
         await self.client.ensure_namespace(timeout=10)
         await self.runtime.handlers.probe()  # before any pod can ask for one
+        for handler in self.runtime.handlers.all():
+            if handler.error:
+                log.warning(
+                    "runtime handler unusable; pods asking for it are refused",
+                    extra={"handler": handler.name, "error": handler.error},
+                )
         await self.health.probe()
         self.health.start()
         await self.images.refresh_all()
@@ -261,6 +267,7 @@ class Daemon:
                 "containerd": self.config.containerd_socket,
                 "managed": self.managed is not None,
                 "security": self.runtime.security.summary(),
+                "runtime_handlers": ",".join(h.name for h in self.runtime.handlers.usable()),
             },
         )
 

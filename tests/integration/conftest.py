@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,14 +27,18 @@ from pycri.containerd.supervisor import ManagedContainerd
 from tests.integration.helpers import (
     CRI,
     CRICTL,
+    FLAKY_PLUGIN,
     BuiltTestImages,
     Daemon,
+    Net,
     build_test_images,
     containerd_of,
     import_test_images,
     kill_shims,
     short_tmp,
     umount_below,
+    used_links,
+    used_subnets,
 )
 from tests.integration.pods import pod_config
 
@@ -132,3 +140,27 @@ async def pod(
     await cri.runtime.RemovePodSandbox(
         api_pb2.RemovePodSandboxRequest(pod_sandbox_id=resp.pod_sandbox_id)
     )
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    """A CNI setup of this test's own: conf and plugin dirs, a bridge and a /24 no other test
+    or concurrent run uses, host-local's data dir; the bridge is deleted afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="pycri-cni-", dir="/tmp"))
+    taken, routes = used_links(), used_subnets()
+    while True:  # unique per test and per concurrent run on this node
+        bridge = f"pycri-t{random.randrange(16**4):04x}"
+        octet = random.randrange(1, 255)
+        if bridge not in taken and f"10.99.{octet}." not in routes:
+            break
+    n = Net(base=base, bridge=bridge, octet=octet)
+    n.bin_dir.mkdir()
+    flaky = n.bin_dir / "pycri-flaky"
+    flaky.write_text(FLAKY_PLUGIN.format(python=sys.executable))
+    flaky.chmod(0o755)
+    n.ipam_dir.mkdir()
+    try:
+        yield n
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -349,3 +350,135 @@ async def run_crictl(
     out, err = await asyncio.wait_for(proc.communicate(stdin), timeout + 10)
     assert proc.returncode is not None
     return CrictlResult(proc.returncode, out, err)
+
+
+# --- CNI: one test's own bridge network, on Debian's plugins -------------------------------
+
+DEBIAN_CNI = Path("/usr/lib/cni")
+
+FLAKY_PLUGIN = """#!{python}
+# Test plugin: passes the result through. Fails ADD while the file named by failAddIf
+# exists, hangs in ADD while hangAddIf exists, fails DEL while failDelIf exists.
+import json, os, sys, time
+conf = json.load(sys.stdin)
+command = os.environ["CNI_COMMAND"]
+def error(msg):
+    print(json.dumps({{"cniVersion": "1.0.0", "code": 11, "msg": msg}}))
+    sys.exit(1)
+if command == "VERSION":
+    print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}}))
+elif command == "ADD":
+    while os.path.exists(conf.get("hangAddIf", "/nonexistent")):
+        time.sleep(0.1)
+    if os.path.exists(conf.get("failAddIf", "/nonexistent")):
+        error("flaky refuses ADD")
+    print(json.dumps(conf.get("prevResult") or {{"cniVersion": "1.0.0"}}))
+elif command == "DEL" and os.path.exists(conf.get("failDelIf", "/nonexistent")):
+    error("flaky says try later")
+"""
+
+
+def used_links() -> set[str]:
+    return {p.name for p in Path("/sys/class/net").iterdir()}
+
+
+def used_subnets() -> str:
+    return subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+
+
+@dataclass
+class Net:
+    """One test's CNI setup: conf dir, plugin dirs, bridge, subnet, IPAM data dir."""
+
+    base: Path
+    bridge: str
+    octet: int
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.base / "net.d"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.base / "bin"
+
+    @property
+    def ipam_dir(self) -> Path:
+        return self.base / "ipam"
+
+    @property
+    def subnet(self) -> str:
+        return f"10.99.{self.octet}.0/24"
+
+    @property
+    def fail_del(self) -> Path:
+        return self.base / "fail-del"
+
+    @property
+    def fail_add(self) -> Path:
+        return self.base / "fail-add"
+
+    @property
+    def hang_add(self) -> Path:
+        return self.base / "hang-add"
+
+    def clear_flags(self) -> None:
+        for flag in (self.fail_del, self.fail_add, self.hang_add):
+            flag.unlink(missing_ok=True)
+
+    def conflist(self, *, ipam_subnet: str | None = None, flaky: bool = False) -> dict[str, Any]:
+        plugins: list[dict[str, Any]] = [
+            {
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": True,
+                "ipMasq": False,  # no NAT for egress: these pods talk only on this node
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": ipam_subnet or self.subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(self.ipam_dir),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+            {"type": "loopback"},
+        ]
+        if flaky:  # DEL fails at the first, ADD at the second (test switches: flag files)
+            plugins.append({"type": "pycri-flaky", "failDelIf": str(self.fail_del)})
+            plugins.append(
+                {
+                    "type": "pycri-flaky",
+                    "failAddIf": str(self.fail_add),
+                    "hangAddIf": str(self.hang_add),
+                }
+            )
+        return {"cniVersion": "1.0.0", "name": f"pycri-test-{self.octet}", "plugins": plugins}
+
+    def write(self, doc: dict[str, Any] | str, name: str = "10-pycri.conflist") -> None:
+        self.conf_dir.mkdir(exist_ok=True)
+        tmp = self.conf_dir / f".{name}.tmp"
+        tmp.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=1))
+        tmp.rename(self.conf_dir / name)
+
+    def daemon_args(self) -> list[str]:
+        return [
+            "--cni-conf-dir",
+            str(self.conf_dir),
+            "--cni-bin-dir",
+            str(self.bin_dir),
+            "--cni-bin-dir",
+            str(DEBIAN_CNI),
+        ]
+
+    def allocated_ips(self) -> list[str]:
+        """host-local's reservations: one file per IP (besides its lock and cursor)."""
+        return sorted(
+            p.name
+            for p in self.ipam_dir.glob("*/*")
+            if p.name != "lock" and not p.name.startswith("last_reserved_ip")
+        )
+
+    def bridge_ports(self) -> list[str]:
+        brif = Path("/sys/class/net") / self.bridge / "brif"
+        return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []

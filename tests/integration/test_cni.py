@@ -13,179 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
+from tests.integration.helpers import (
+    CRI,
+    DEBIAN_CNI,
+    Daemon,
+    Net,
+    eventually,
+    import_test_images,
+)
 from tests.integration.pods import container_config, pod_config
 
-DEBIAN_CNI = Path("/usr/lib/cni")
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_CNI / "bridge").exists(), reason="containernetworking-plugins not installed"
 )
-
-FLAKY_PLUGIN = """#!{python}
-# Test plugin: passes the result through. Fails ADD while the file named by failAddIf
-# exists, hangs in ADD while hangAddIf exists, fails DEL while failDelIf exists.
-import json, os, sys, time
-conf = json.load(sys.stdin)
-command = os.environ["CNI_COMMAND"]
-def error(msg):
-    print(json.dumps({{"cniVersion": "1.0.0", "code": 11, "msg": msg}}))
-    sys.exit(1)
-if command == "VERSION":
-    print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}}))
-elif command == "ADD":
-    while os.path.exists(conf.get("hangAddIf", "/nonexistent")):
-        time.sleep(0.1)
-    if os.path.exists(conf.get("failAddIf", "/nonexistent")):
-        error("flaky refuses ADD")
-    print(json.dumps(conf.get("prevResult") or {{"cniVersion": "1.0.0"}}))
-elif command == "DEL" and os.path.exists(conf.get("failDelIf", "/nonexistent")):
-    error("flaky says try later")
-"""
-
-
-def _links() -> set[str]:
-    return {p.name for p in Path("/sys/class/net").iterdir()}
-
-
-def _used_subnets() -> str:
-    return subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-
-
-@dataclass
-class Net:
-    """One test's CNI setup: conf dir, plugin dirs, bridge, subnet, IPAM data dir."""
-
-    base: Path
-    bridge: str
-    octet: int
-
-    @property
-    def conf_dir(self) -> Path:
-        return self.base / "net.d"
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.base / "bin"
-
-    @property
-    def ipam_dir(self) -> Path:
-        return self.base / "ipam"
-
-    @property
-    def subnet(self) -> str:
-        return f"10.99.{self.octet}.0/24"
-
-    @property
-    def fail_del(self) -> Path:
-        return self.base / "fail-del"
-
-    @property
-    def fail_add(self) -> Path:
-        return self.base / "fail-add"
-
-    @property
-    def hang_add(self) -> Path:
-        return self.base / "hang-add"
-
-    def clear_flags(self) -> None:
-        for flag in (self.fail_del, self.fail_add, self.hang_add):
-            flag.unlink(missing_ok=True)
-
-    def conflist(self, *, ipam_subnet: str | None = None, flaky: bool = False) -> dict[str, Any]:
-        plugins: list[dict[str, Any]] = [
-            {
-                "type": "bridge",
-                "bridge": self.bridge,
-                "isGateway": True,
-                "ipMasq": False,  # no NAT for egress: these pods talk only on this node
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": ipam_subnet or self.subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(self.ipam_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-            {"type": "loopback"},
-        ]
-        if flaky:  # DEL fails at the first, ADD at the second (test switches: flag files)
-            plugins.append({"type": "pycri-flaky", "failDelIf": str(self.fail_del)})
-            plugins.append(
-                {
-                    "type": "pycri-flaky",
-                    "failAddIf": str(self.fail_add),
-                    "hangAddIf": str(self.hang_add),
-                }
-            )
-        return {"cniVersion": "1.0.0", "name": f"pycri-test-{self.octet}", "plugins": plugins}
-
-    def write(self, doc: dict[str, Any] | str, name: str = "10-pycri.conflist") -> None:
-        self.conf_dir.mkdir(exist_ok=True)
-        tmp = self.conf_dir / f".{name}.tmp"
-        tmp.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=1))
-        tmp.rename(self.conf_dir / name)
-
-    def daemon_args(self) -> list[str]:
-        return [
-            "--cni-conf-dir",
-            str(self.conf_dir),
-            "--cni-bin-dir",
-            str(self.bin_dir),
-            "--cni-bin-dir",
-            str(DEBIAN_CNI),
-        ]
-
-    def allocated_ips(self) -> list[str]:
-        """host-local's reservations: one file per IP (besides its lock and cursor)."""
-        return sorted(
-            p.name
-            for p in self.ipam_dir.glob("*/*")
-            if p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        )
-
-    def bridge_ports(self) -> list[str]:
-        brif = Path("/sys/class/net") / self.bridge / "brif"
-        return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
-
-
-@pytest.fixture
-def net() -> Iterator[Net]:
-    base = Path(tempfile.mkdtemp(prefix="pycri-cni-", dir="/tmp"))
-    taken, routes = _links(), _used_subnets()
-    while True:  # unique per test and per concurrent run on this node
-        bridge = f"pycri-t{random.randrange(16**4):04x}"
-        octet = random.randrange(1, 255)
-        if bridge not in taken and f"10.99.{octet}." not in routes:
-            break
-    n = Net(base=base, bridge=bridge, octet=octet)
-    n.bin_dir.mkdir()
-    flaky = n.bin_dir / "pycri-flaky"
-    flaky.write_text(FLAKY_PLUGIN.format(python=sys.executable))
-    flaky.chmod(0o755)
-    n.ipam_dir.mkdir()
-    try:
-        yield n
-    finally:
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass

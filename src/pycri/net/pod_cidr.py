@@ -51,6 +51,8 @@ def parse_pod_cidr(value: str) -> tuple[str, ...]:
     ranges = []
     for part in (p.strip() for p in value.split(",")):
         try:
+            if "/" not in part:
+                raise ValueError(part)
             network = ipaddress.ip_network(part, strict=False)
         except ValueError:
             raise PodCIDRError(f"pod CIDR {value!r}: {part!r} is not an IP range") from None

@@ -222,7 +222,7 @@ class RuntimeHandlers:
         kernel_rro = await asyncio.to_thread(kernel_has_mount_setattr)
         for name, handler in list(self._handlers.items()):
             self._handlers[name] = probed = await self._probe(handler, kernel_rro=kernel_rro)
-            log.info(
+            log.debug(
                 "runtime handler probed",
                 extra={
                     "handler": name,

@@ -18,15 +18,18 @@ fields mean "unchanged", as in UpdateContainerResources.
 from __future__ import annotations
 
 import asyncio
+import logging
 import posixpath
+from typing import Any
 
 from cri_api.v1 import api_pb2
 
 from pycri.cgroups import DEFAULT_PARENT, CgroupLimits, CgroupWriteError, apply_limits
 from pycri.errors import FailedPrecondition, InvalidArgument
-from pycri.oci.resources import linux_resources_to_oci
 from pycri.service.context import RuntimeContext
 from pycri.store.sandbox import Sandbox, SandboxState
+
+log = logging.getLogger(__name__)
 
 MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262144
 MIN_CPU_PERIOD, MAX_CPU_PERIOD = 1000, 1_000_000  # µs, the kernel's bounds
@@ -115,5 +118,28 @@ async def update_pod_sandbox_resources(
             f"sandbox {sandbox.id}: the kernel refused the new limits of {path} ({err.strerror}); "
             "nothing was changed"
         ) from None
-    await sandbox.record_resources(linux_resources_to_oci(request.resources))
+    await sandbox.record_resources(applied_resources(limits))
+    log.info(
+        "pod resources updated",
+        extra={"sandbox_id": sandbox.id, "cgroup": path, "resources": applied_resources(limits)},
+    )
     return api_pb2.UpdatePodSandboxResourcesResponse()
+
+
+def applied_resources(limits: CgroupLimits) -> dict[str, Any]:
+    """What was written, as OCI ``linux.resources`` (only the fields that were set)."""
+    cpu = {
+        key: value
+        for key, value in (
+            ("shares", limits.cpu_shares),
+            ("quota", limits.cpu_quota),
+            ("period", limits.cpu_period),
+            ("cpus", limits.cpuset_cpus),
+            ("mems", limits.cpuset_mems),
+        )
+        if value is not None
+    }
+    resources: dict[str, Any] = {"cpu": cpu} if cpu else {}
+    if limits.memory_limit is not None:
+        resources["memory"] = {"limit": limits.memory_limit}
+    return resources
