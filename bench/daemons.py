@@ -305,20 +305,21 @@ class Pycri(Runtime):
             pids["containerd"] = containerd_pid
         return pids
 
+    def serve_argv(self) -> list[str]:
+        return [
+            str(PYCRI_BINARY),
+            "serve",
+            "--socket",
+            str(self.cri_socket),
+            "--root",
+            str(self.base / "root"),
+            "--state",
+            str(self.state),
+            "--enable-fault-injection",
+        ]
+
     def start(self) -> None:
-        self._spawn(
-            [
-                str(PYCRI_BINARY),
-                "serve",
-                "--socket",
-                str(self.cri_socket),
-                "--root",
-                str(self.base / "root"),
-                "--state",
-                str(self.state),
-                "--enable-fault-injection",
-            ]
-        )
+        self._spawn(self.serve_argv())
 
     def stop(self) -> None:
         containerd_pid = self.managed_containerd_pid()

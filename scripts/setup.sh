@@ -7,9 +7,10 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 # python3 and python3-venv are not on a minimal Debian 12 (runc only recommends python3, and
-# recommends are not installed); the rest is what pycri runs containers and tests with.
-APT_PACKAGES=(python3 python3-venv containerd runc busybox-static containernetworking-plugins
-  docker-registry iproute2 iptables)
+# recommends are not installed); the rest is what pycri runs containers and tests with (crun:
+# the second runtime handler; criu: CheckpointContainer).
+APT_PACKAGES=(python3 python3-venv containerd runc crun criu busybox-static
+  containernetworking-plugins docker-registry iproute2 iptables)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

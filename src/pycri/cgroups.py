@@ -9,6 +9,7 @@ callers on the event loop run it in a thread.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,20 +43,9 @@ def hybrid_v2_controllers(root: Path = CGROUP_ROOT) -> list[str]:
 def oom_kill_count(path: str) -> int:
     """How many OOM kills the kernel made in this cgroup (0 when unknown)."""
     rel = path.lstrip("/")
-    files = (
-        [CGROUP_ROOT / rel / "memory.events"]
-        if is_v2()
-        else [CGROUP_ROOT / "memory" / rel / "memory.oom_control"]
-    )
-    for f in files:
-        try:
-            for line in f.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        except (OSError, ValueError):
-            continue
-    return 0
+    if is_v2():
+        return _read_keyed(f"{CGROUP_ROOT}/{rel}/memory.events").get("oom_kill", 0)
+    return _read_keyed(f"{CGROUP_ROOT}/memory/{rel}/memory.oom_control").get("oom_kill", 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,16 +133,6 @@ def apply_limits(path: str, limits: CgroupLimits, *, root: Path = CGROUP_ROOT) -
         done.append((file, previous))
 
 
-def read_limits(path: str, *, root: Path = CGROUP_ROOT) -> dict[str, str]:
-    """The limit files ``apply_limits`` writes, as the kernel now says (for tests and info)."""
-    probe = CgroupLimits(cpu_shares=2, cpu_quota=0, cpu_period=0, memory_limit=0)
-    values = {}
-    for file, _ in _limit_writes(path, probe, root=root):
-        with contextlib.suppress(OSError):
-            values[file.name] = file.read_text().strip()
-    return values
-
-
 # cgroup v1 reports "no memory limit" as the largest page-aligned int64.
 _V1_UNLIMITED = 0x7FFFFFFFFFFFF000
 
@@ -188,33 +168,41 @@ class CgroupCounters:
     memory_limit: int = 0  # 0: no limit
 
 
-def _read_int(path: Path) -> int:
+def _read(path: str) -> bytes:
+    """A small cgroupfs/procfs file, raw (b"" when absent): one open, one read, one close.
+    Scrapes read thousands of these; pathlib and text I/O would cost several times more."""
     try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int:
+    try:
+        return int(_read(path).split()[0])
+    except (ValueError, IndexError):
         return 0
 
 
-def _read_keyed(path: Path) -> dict[str, int]:
+def _read_keyed(path: str) -> dict[str, int]:
     values: dict[str, int] = {}
-    try:
-        text = path.read_text()
-    except OSError:
-        return values
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
+    for line in _read(path).splitlines():
+        key, _, value = line.partition(b" ")
         try:
-            values[key] = int(value)
+            values[key.decode()] = int(value)
         except ValueError:
             continue
     return values
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        return len(path.read_bytes().splitlines())
-    except OSError:
-        return 0
+def _count_lines(path: str) -> int:
+    return len(_read(path).splitlines())
 
 
 def read_counters(path: str, *, root: Path = CGROUP_ROOT) -> CgroupCounters | None:
@@ -222,64 +210,63 @@ def read_counters(path: str, *, root: Path = CGROUP_ROOT) -> CgroupCounters | No
     None when the cgroup does not exist (the container stopped meanwhile)."""
     rel = path.strip("/")
     if (root / "cgroup.controllers").exists():
-        return _read_v2(root / rel)
-    return _read_v1(root, rel)
+        return _read_v2(f"{root}/{rel}")
+    return _read_v1(str(root), rel)
 
 
-def _read_v1(root: Path, rel: str) -> CgroupCounters | None:
-    cpuacct, cpu, memory = root / "cpuacct" / rel, root / "cpu" / rel, root / "memory" / rel
-    if not memory.is_dir():
-        return None
-    usage = _read_int(memory / "memory.usage_in_bytes")
-    stat = _read_keyed(memory / "memory.stat")
-    cpu_stat = _read_keyed(cpu / "cpu.stat")
-    quota = _read_int(cpu / "cpu.cfs_quota_us")
-    limit = _read_int(memory / "memory.limit_in_bytes")
-    oom = _read_keyed(memory / "memory.oom_control")
-    pids = root / "pids" / rel
+def _read_v1(root: str, rel: str) -> CgroupCounters | None:
+    cpuacct, cpu = f"{root}/cpuacct/{rel}/", f"{root}/cpu/{rel}/"
+    memory, pids = f"{root}/memory/{rel}/", f"{root}/pids/{rel}/"
+    usage_text = _read(memory + "memory.usage_in_bytes")
+    if not usage_text:
+        return None  # no such cgroup (any more)
+    usage = int(usage_text)
+    stat = _read_keyed(memory + "memory.stat")
+    cpu_stat = _read_keyed(cpu + "cpu.stat")
+    quota = _read_int(cpu + "cpu.cfs_quota_us")
+    limit = _read_int(memory + "memory.limit_in_bytes")
+    oom = _read_keyed(memory + "memory.oom_control")
     return CgroupCounters(
-        cpu_usage_ns=_read_int(cpuacct / "cpuacct.usage"),
-        cpu_user_ns=_read_int(cpuacct / "cpuacct.usage_user"),
-        cpu_system_ns=_read_int(cpuacct / "cpuacct.usage_sys"),
+        cpu_usage_ns=_read_int(cpuacct + "cpuacct.usage"),
+        cpu_user_ns=_read_int(cpuacct + "cpuacct.usage_user"),
+        cpu_system_ns=_read_int(cpuacct + "cpuacct.usage_sys"),
         cfs_periods=cpu_stat.get("nr_periods", 0),
         cfs_throttled_periods=cpu_stat.get("nr_throttled", 0),
         cfs_throttled_ns=cpu_stat.get("throttled_time", 0),
         memory_usage=usage,
-        memory_max_usage=_read_int(memory / "memory.max_usage_in_bytes"),
+        memory_max_usage=_read_int(memory + "memory.max_usage_in_bytes"),
         memory_working_set=max(usage - stat.get("total_inactive_file", 0), 0),
         memory_rss=stat.get("total_rss", 0),
         memory_cache=stat.get("total_cache", 0),
         memory_swap=stat.get("total_swap", 0),
         memory_mapped_file=stat.get("total_mapped_file", 0),
-        memory_failcnt=_read_int(memory / "memory.failcnt"),
+        memory_failcnt=_read_int(memory + "memory.failcnt"),
         oom_kills=oom.get("oom_kill", 0),
-        processes=_count_lines(pids / "cgroup.procs"),
-        threads=_read_int(pids / "pids.current"),
-        cpu_shares=_read_int(cpu / "cpu.shares"),
+        processes=_count_lines(pids + "cgroup.procs"),
+        threads=_read_int(pids + "pids.current"),
+        cpu_shares=_read_int(cpu + "cpu.shares"),
         cpu_quota=max(quota, 0),
-        cpu_period=_read_int(cpu / "cpu.cfs_period_us"),
+        cpu_period=_read_int(cpu + "cpu.cfs_period_us"),
         memory_limit=0 if limit >= _V1_UNLIMITED else limit,
     )
 
 
-def _read_v2(d: Path) -> CgroupCounters | None:
-    if not d.is_dir():
+def _read_v2(d: str) -> CgroupCounters | None:
+    usage_text = _read(f"{d}/memory.current")
+    if not usage_text:
         return None
-    cpu_stat = _read_keyed(d / "cpu.stat")
-    stat = _read_keyed(d / "memory.stat")
-    events = _read_keyed(d / "memory.events")
-    usage = _read_int(d / "memory.current")
+    usage = int(usage_text)
+    cpu_stat = _read_keyed(f"{d}/cpu.stat")
+    stat = _read_keyed(f"{d}/memory.stat")
+    events = _read_keyed(f"{d}/memory.events")
     quota, period = 0, 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        max_quota, max_period = (d / "cpu.max").read_text().split()[:2]
-        quota = 0 if max_quota == "max" else int(max_quota)
+    with contextlib.suppress(ValueError, IndexError):
+        max_quota, max_period = _read(f"{d}/cpu.max").split()[:2]
+        quota = 0 if max_quota == b"max" else int(max_quota)
         period = int(max_period)
-    weight = _read_int(d / "cpu.weight")
-    try:
-        limit_text = (d / "memory.max").read_text().strip()
-        limit = 0 if limit_text == "max" else int(limit_text)
-    except (OSError, ValueError):
-        limit = 0
+    weight = _read_int(f"{d}/cpu.weight")
+    limit_text = _read(f"{d}/memory.max").strip()
+    limit = int(limit_text) if limit_text.isdigit() else 0
     return CgroupCounters(
         cpu_usage_ns=cpu_stat.get("usage_usec", 0) * 1000,
         cpu_user_ns=cpu_stat.get("user_usec", 0) * 1000,
@@ -288,16 +275,16 @@ def _read_v2(d: Path) -> CgroupCounters | None:
         cfs_throttled_periods=cpu_stat.get("nr_throttled", 0),
         cfs_throttled_ns=cpu_stat.get("throttled_usec", 0) * 1000,
         memory_usage=usage,
-        memory_max_usage=_read_int(d / "memory.peak"),
+        memory_max_usage=_read_int(f"{d}/memory.peak"),
         memory_working_set=max(usage - stat.get("inactive_file", 0), 0),
         memory_rss=stat.get("anon", 0),
         memory_cache=stat.get("file", 0),
-        memory_swap=_read_int(d / "memory.swap.current"),
+        memory_swap=_read_int(f"{d}/memory.swap.current"),
         memory_mapped_file=stat.get("file_mapped", 0),
         memory_failcnt=events.get("max", 0),
         oom_kills=events.get("oom_kill", 0),
-        processes=_count_lines(d / "cgroup.procs"),
-        threads=_read_int(d / "pids.current"),
+        processes=_count_lines(f"{d}/cgroup.procs"),
+        threads=_read_int(f"{d}/pids.current"),
         # kubelet's inverse of shares_to_weight, so the spec metric speaks in shares
         cpu_shares=2 + ((weight - 1) * 262142) // 9999 if weight else 0,
         cpu_quota=quota,

@@ -32,8 +32,9 @@ def _table_rows(text: str, header: str) -> dict[str, list[str]]:
 def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     keys: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, dict) and value and not prefix:
-            keys.update(_flatten(value, f"{key}."))
+        if isinstance(value, dict) and value and (not prefix or prefix.startswith("runtimes.")):
+            # tables ([registry], [runtimes.NAME]) are flattened; a leaf table stays one key
+            keys.update(_flatten(value, f"{prefix}{key}."))
         else:
             keys[f"{prefix}{key}"] = value
     return keys
