@@ -11,6 +11,7 @@ import pytest
 from pycri import check
 from pycri.check import Level
 from pycri.config import Config
+from pycri.oci.criu import CriuStatus
 
 
 @pytest.fixture
@@ -100,3 +101,23 @@ def test_report_counts_only_missing() -> None:
     assert good and "-> do c" in text and text.endswith("everything pycri needs is here")
     text, good = check.report([check.missing("x", "apt-get install y")])
     assert not good and "MISSING  x" in text and text.endswith("1 thing(s) missing")
+
+
+def test_runtime_handlers_and_criu_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_criu() -> CriuStatus:
+        return CriuStatus(usable=False, problem="criu is not installed")
+
+    monkeypatch.setattr(check, "criu_status", no_criu)
+    config = Config(root=str(tmp_path / "r"), state=str(tmp_path / "s"))
+    config.runtimes["gone"] = type(config.runtimes["runc"])(binary="/nonexistent/oci-gone")
+    findings = check.runtime_checks(config)
+    (gone,) = [f for f in findings if f.what.startswith("runtime handler gone ")]
+    assert "/nonexistent/oci-gone" in gone.what and gone.level is Level.NOTE
+    assert "pods asking for it are refused" in gone.fix
+    (criu,) = [f for f in findings if f.what.startswith("checkpoints refused")]
+    assert criu.fix == "apt-get install criu"
+    config.default_runtime_handler = "gone"
+    (missing,) = [f for f in check.runtime_checks(config) if "oci-gone" in f.what]
+    assert missing.level is Level.MISSING

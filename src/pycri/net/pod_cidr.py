@@ -26,7 +26,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,22 +80,6 @@ def validate_template(path: Path) -> None:
     except OSError as err:
         raise PodCIDRError(f"cannot read {path}: {err.strerror or err}") from None
     render(text, EXAMPLE_CIDRS, source=str(path))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +151,7 @@ class PodCIDR:
             ) from None
         rendered = render(text, cidrs, source=str(self.template))
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(target, rendered)
+        checkpoint.replace_file(target, rendered.encode(), mode=0o644)
         return Applied(pod_cidr=",".join(cidrs), written=str(target))
 
     def describe(self) -> dict[str, str]:

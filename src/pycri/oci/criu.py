@@ -13,10 +13,11 @@ needs no restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import shutil
 from dataclasses import dataclass
+
+from pycri.oci.commands import ask
 
 CRIU = "criu"
 # kubelet's checkpoint API needs CRIU 3.16 or later (containerd and CRI-O ask for the same).
@@ -33,21 +34,6 @@ class CriuStatus:
     problem: str = ""  # why it cannot checkpoint ("" when it can)
 
 
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return -1, f"timed out after {CHECK_TIMEOUT_S:.0f}s"
-    return int(proc.returncode or 0), out.decode(errors="replace").strip()
-
-
 async def criu_status(binary: str = CRIU) -> CriuStatus:
     """Find criu, read its version, and run ``criu check``."""
     found = await asyncio.to_thread(shutil.which, binary)
@@ -56,7 +42,7 @@ async def criu_status(binary: str = CRIU) -> CriuStatus:
             usable=False,
             problem=f"criu is not installed ({binary!r} not found; apt-get install criu)",
         )
-    code, out = await _run(found, "--version")
+    code, out = await ask(found, "--version", with_stderr=True)
     match = _VERSION.search(out)
     if code != 0 or match is None:
         return CriuStatus(usable=False, binary=found, problem=f"criu --version failed: {out}")
@@ -69,7 +55,7 @@ async def criu_status(binary: str = CRIU) -> CriuStatus:
             version=version,
             problem=f"criu {version} is too old (checkpoints need {wanted} or later)",
         )
-    code, out = await _run(found, "check")
+    code, out = await ask(found, "check", timeout=CHECK_TIMEOUT_S, with_stderr=True)
     if code != 0:
         errors = [line for line in out.splitlines() if line.strip()]
         return CriuStatus(

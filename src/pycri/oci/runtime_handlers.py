@@ -35,7 +35,6 @@ false.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -50,6 +49,7 @@ from typing import Any
 from pycri.cgroups import hybrid_v2_controllers
 from pycri.config import RUNC_SHIM_TYPES, Config, RuntimeHandlerConfig
 from pycri.containerd.types import RuncOptions
+from pycri.oci.commands import ask
 from pycri.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -139,57 +139,14 @@ def _which(name: str) -> str | None:
 
 async def runtime_features(binary: str) -> dict[str, Any] | None:
     """The binary's OCI features document (``BINARY features``), None when it has none."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            "features",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return None
-    try:
-        async with asyncio.timeout(FEATURES_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        return None
-    if proc.returncode != 0:
+    code, out = await ask(binary, "features", timeout=FEATURES_TIMEOUT_S)
+    if code != 0:
         return None
     try:
         doc = json.loads(out)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
-
-
-async def _version_line(binary: str) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        async with asyncio.timeout(FEATURES_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except (OSError, TimeoutError):
-        return ""
-    return out.decode(errors="replace").partition("\n")[0].strip()
-
-
-async def _cannot_run_here(binary: str) -> str:
-    """Why this binary cannot create containers on this host ("" if nothing is known)."""
-    controllers = await asyncio.to_thread(hybrid_v2_controllers)
-    if not controllers:
-        return ""
-    version = await _version_line(binary)
-    if not version.startswith("crun"):
-        return ""
-    return (
-        f"{version} refuses containers in this host's cgroup hybrid mode while cgroup v2 "
-        f"(/sys/fs/cgroup/unified) has controllers ({', '.join(controllers)}); it needs a "
-        "pure cgroup v1 or v2 host"
-    )
 
 
 def _rro_answer(features: dict[str, Any] | None, *, kernel: bool) -> tuple[bool, str]:
@@ -200,6 +157,22 @@ def _rro_answer(features: dict[str, Any] | None, *, kernel: bool) -> tuple[bool,
     if not kernel:
         return False, "the kernel lacks mount_setattr(2) (Linux 5.12+)"
     return True, "the binary lists the rro mount option and the kernel has mount_setattr(2)"
+
+
+async def _cannot_run_here(binary: str) -> str:
+    """Why this binary cannot create containers on this host ("" if nothing is known)."""
+    controllers = await asyncio.to_thread(hybrid_v2_controllers)
+    if not controllers:
+        return ""
+    code, out = await ask(binary, "--version", timeout=FEATURES_TIMEOUT_S)
+    version = out.partition("\n")[0]
+    if code != 0 or not version.startswith("crun"):
+        return ""
+    return (
+        f"{version} refuses containers in this host's cgroup hybrid mode while cgroup v2 "
+        f"(/sys/fs/cgroup/unified) has controllers ({', '.join(controllers)}); it needs a "
+        "pure cgroup v1 or v2 host"
+    )
 
 
 class RuntimeHandlers:

@@ -25,8 +25,14 @@ class CheckpointError(Exception):
 def write_sync(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({"version": CHECKPOINT_VERSION, **document}, sort_keys=True).encode()
+    replace_file(path, data)
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Put ``data`` at ``path`` atomically (blocking): a dot-named temp file in the same dir,
+    fsynced, renamed over ``path``, and the dir fsynced. Readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)
