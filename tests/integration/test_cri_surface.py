@@ -46,6 +46,7 @@ from tests.integration.helpers import (
     eventually,
     import_test_images,
     leftovers,
+    run_crictl,
     short_tmp,
 )
 from tests.integration.pods import (
@@ -258,15 +259,10 @@ async def test_every_cri_method_answers(
 # --- runtime handlers ---------------------------------------------------------------------
 
 
-def _crictl(crictl: Path, daemon: Daemon, *args: str) -> str:
-    out = subprocess.run(
-        [str(crictl), "--runtime-endpoint", f"unix://{daemon.socket}", "--timeout", "60s", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+async def _crictl(crictl: Path, daemon: Daemon, *args: str) -> str:
+    done = await run_crictl(crictl, daemon, *args)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout.decode().strip()
 
 
 def _runtime_state(binary: str, root: Path, container_id: str) -> str:
@@ -349,16 +345,18 @@ async def test_pods_under_each_runtime_handler(
                     }
                 )
             )
-            pods[handler] = pod = _crictl(crictl, d, "runp", "--runtime", handler, str(pod_json))
-            ctr = _crictl(crictl, d, "create", pod, str(ctr_json), str(pod_json))
-            _crictl(crictl, d, "start", ctr)
-            inspected = json.loads(_crictl(crictl, d, "inspect", ctr))["info"]
+            pods[handler] = pod = await _crictl(
+                crictl, d, "runp", "--runtime", handler, str(pod_json)
+            )
+            ctr = await _crictl(crictl, d, "create", pod, str(ctr_json), str(pod_json))
+            await _crictl(crictl, d, "start", ctr)
+            inspected = json.loads(await _crictl(crictl, d, "inspect", ctr))["info"]
             assert inspected["runtimeHandler"] == handler
             assert inspected["runtimeType"] in RUNC_SHIM_TYPES
             assert inspected["runtimeOptions"]["binary_name"] == shutil.which(binaries[handler])
             assert inspected["runtimeOptions"]["root"] == str(roots[handler])
             assert (
-                json.loads(_crictl(crictl, d, "inspectp", pod))["status"]["runtimeHandler"]
+                json.loads(await _crictl(crictl, d, "inspectp", pod))["status"]["runtimeHandler"]
                 == handler
             )
             # The OCI binary that runs it knows it; the other one does not.
@@ -423,6 +421,21 @@ async def test_unknown_or_unusable_handler_is_refused_and_leaves_nothing(
         assert not (await cri.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest())).items
     finally:
         await cri.close()
+
+
+async def test_the_default_handler_is_resolved_but_echoed_as_asked(
+    cri: CRI, pod: tuple[str, api_pb2.PodSandboxConfig]
+) -> None:
+    pod_id, _ = pod  # RunPodSandbox without a runtime_handler
+    resp = await cri.runtime.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+    )
+    assert resp.status.runtime_handler == ""  # as asked: critest's TestRuntimeHandler
+    assert json.loads(resp.info["info"])["runtimeHandler"] == "runc"
+    listed = await cri.runtime.ListPodSandbox(
+        api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(id=pod_id))
+    )
+    assert listed.items[0].runtime_handler == ""
 
 
 async def test_status_features_are_what_the_node_has(cri: CRI) -> None:

@@ -3,9 +3,11 @@
 A handler is one ``[runtimes.NAME]`` table of the config: a containerd runtime (shim) type and,
 for containerd's runc shim, the OCI binary it runs and its options. RunPodSandbox names the
 handler (``runtime_handler``; empty means ``default_runtime_handler``); pycri records the
-resolved name in the pod's metadata, so every container of the pod, and the pod after any
-restart of pycri, runs under the same one. The shim reads the handler's options from each
-containerd container record (``RuncOptions``), so the choice lives where the task is made.
+name as asked (PodSandboxStatus echoes it, "" included, as critest checks) and the one it
+resolved to in the pod's metadata, so every container of the pod, and the pod after any
+restart of pycri or change of the default, runs under the same one. The shim reads the
+handler's options from each containerd container record (``RuncOptions``), so the choice lives
+where the task is made.
 
 Each runc-shim handler gets its own state root (``STATE/runtimes/NAME`` unless the config sets
 ``Root``): nothing is kept under containerd's default ``/run/containerd/runc``, and two OCI

@@ -129,7 +129,7 @@ async def create_container(
     sandbox = rt.sandboxes.get(request.pod_sandbox_id)
     # Every container runs under its pod's handler (recorded with the pod, so also after a
     # restart); one removed from the config since is refused, never swapped for another.
-    handler = resolve_runtime_handler(rt, sandbox.metadata.runtime_handler)
+    handler = resolve_runtime_handler(rt, sandbox.metadata.handler)
     recursive_read_only = handler.features.recursive_read_only_mounts
     validate_container_config(config, recursive_read_only_supported=recursive_read_only)
     if sandbox.status.state is not SandboxState.READY:

@@ -189,7 +189,8 @@ async def _run(
             config=config,
             netns_path=netns_path,
             created_at=now_ns(),
-            runtime_handler=handler.name,
+            runtime_handler=request.runtime_handler,
+            resolved_runtime_handler=handler.name,
             cni_network=network.to_json() if network is not None else None,
         )
         latest.append(metadata)

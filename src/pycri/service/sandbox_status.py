@@ -54,7 +54,7 @@ async def pod_sandbox_status(
                 "state": sandbox.status.state.value,
                 "netNamespacePath": sandbox.metadata.netns_path,
                 "image": rt.config.sandbox_image,
-                "runtimeHandler": sandbox.metadata.runtime_handler,
+                "runtimeHandler": sandbox.metadata.handler,
                 "resources": sandbox.status.resources,
                 "cniResult": sandbox.metadata.cni_result,
                 "config": json.loads(sandbox.metadata.encode())["config"],

@@ -53,7 +53,10 @@ class SandboxMetadata:
     config: api_pb2.PodSandboxConfig
     netns_path: str  # empty for host network
     created_at: int  # ns
-    runtime_handler: str = ""
+    runtime_handler: str = ""  # as RunPodSandbox asked ("" for the default), what Status echoes
+    # the [runtimes.NAME] it resolved to then: its containers run under it for good, whatever
+    # default_runtime_handler says later ("" in metadata written before handlers existed)
+    resolved_runtime_handler: str = ""
     ip: str = ""
     additional_ips: tuple[str, ...] = ()
     cni_result: dict[str, Any] | None = None
@@ -69,6 +72,7 @@ class SandboxMetadata:
             "netns_path": self.netns_path,
             "created_at": self.created_at,
             "runtime_handler": self.runtime_handler,
+            "resolved_runtime_handler": self.resolved_runtime_handler,
             "ip": self.ip,
             "additional_ips": list(self.additional_ips),
             "cni_result": self.cni_result,
@@ -86,6 +90,7 @@ class SandboxMetadata:
             netns_path=doc.get("netns_path", ""),
             created_at=int(doc.get("created_at", 0)),
             runtime_handler=doc.get("runtime_handler", ""),
+            resolved_runtime_handler=doc.get("resolved_runtime_handler", ""),
             ip=doc.get("ip", ""),
             additional_ips=tuple(doc.get("additional_ips") or ()),
             cni_result=doc.get("cni_result"),
@@ -99,6 +104,11 @@ class SandboxMetadata:
     def host_network(self) -> bool:
         opts = self.config.linux.security_context.namespace_options
         return bool(opts.network == api_pb2.NODE)
+
+    @property
+    def handler(self) -> str:
+        """The runtime handler the pod's containers run under ("" → the default)."""
+        return self.resolved_runtime_handler or self.runtime_handler
 
     def replace(self, **changes: Any) -> SandboxMetadata:
         return dataclasses.replace(self, **changes)
