@@ -1,15 +1,19 @@
 """cgroup paths of pods and containers (cgroupfs driver), and reading their counters.
 
 Each container's cgroup is ``<pod cgroup parent>/<container id>``; pods without a parent
-(crictl) go under ``/pycri``. The paths are derived, not stored, so exit handling and stats
-find them from the metadata alone. Reading a counter is a small file read on cgroupfs:
-callers on the event loop run it in a thread.
+(crictl) go under the ``cgroup_parent`` config key (``/pycri``), which a sandbox records in
+its metadata at creation. The paths are derived, not stored, so exit handling and stats
+find them from the metadata alone. Reading a counter is a small file read on cgroupfs, and
+``remove_cgroup`` a few rmdirs: callers on the event loop run them in a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +21,9 @@ DEFAULT_PARENT = "/pycri"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroups_path(cgroup_parent: str, object_id: str) -> str:
+def cgroups_path(cgroup_parent: str, object_id: str, *, default: str = DEFAULT_PARENT) -> str:
     """The cgroup (relative to each hierarchy's root) of a pod's pause or app container."""
-    parent = cgroup_parent or DEFAULT_PARENT
+    parent = cgroup_parent or default or DEFAULT_PARENT
     if not parent.startswith("/"):
         parent = "/" + parent
     return f"{parent.rstrip('/')}/{object_id}"
@@ -291,3 +295,61 @@ def _read_v2(d: str) -> CgroupCounters | None:
         cpu_period=period,
         memory_limit=limit,
     )
+
+
+def cgroup_dirs(path: str, *, root: Path = CGROUP_ROOT) -> list[Path]:
+    """Where the cgroup ``path`` lives: one dir per v1 hierarchy, or the one v2 dir."""
+    rel = path.strip("/")
+    if not rel:
+        return []
+    if (root / "cgroup.controllers").exists():
+        return [root / rel]
+    try:
+        hierarchies = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    return [h / rel for h in hierarchies]
+
+
+def remove_cgroup(path: str, *, root: Path = CGROUP_ROOT, kill_timeout: float = 2.0) -> None:
+    """rmdir the cgroup of one container in every hierarchy where it exists.
+
+    runc does it when its container is deleted; this is for a container whose delete never
+    ran (its shim died with containerd in the middle of a create). Processes still in it
+    belong to that container alone (the cgroup is named by its ID): they are SIGKILLed
+    first, as ``runc delete --force`` would. OSError (EBUSY) if they do not go within
+    ``kill_timeout``; a cgroup that does not exist is fine.
+    """
+    directories = [d for d in cgroup_dirs(path, root=root) if d.is_dir()]
+    if not directories:
+        return
+    deadline = time.monotonic() + kill_timeout
+    while True:
+        busy = []
+        for directory in directories:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                busy.append(directory)
+        if not busy:
+            return
+        for directory in busy:
+            _kill_members(directory)
+        directories = busy
+        time.sleep(0.05)
+
+
+def _kill_members(directory: Path) -> None:
+    try:
+        pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

@@ -18,6 +18,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="persistent data dir (/var/lib/pycri)")
     p.add_argument("--state", help="volatile state dir (/run/pycri)")
     p.add_argument("--containerd-address", help="use this containerd instead of a managed one")
+    p.add_argument("--cgroup-parent", help="cgroup of pods that name none (/pycri)")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
@@ -94,6 +95,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "cni_conf_dir",
         "cni_bin_dirs",
         "enable_fault_injection",
+        "cgroup_parent",
     )
     return {k: getattr(args, k, None) for k in keys}
 

@@ -113,6 +113,9 @@ class Config:
     stream_idle_timeout: int = 14400
     # streams open at once; beyond it clients get 429 and retry
     stream_max_concurrent: int = 128
+    # cgroup (cgroupfs driver) under which pods whose config names no cgroup_parent are put;
+    # give each daemon on a node its own
+    cgroup_parent: str = "/pycri"
     # seccomp profile of containers and pods that ask for none (runtime/default, unconfined,
     # localhost/<absolute path>); empty: no filter, as the CRI says
     seccomp_unset_profile: str = ""
@@ -189,6 +192,13 @@ def validate(config: Config) -> Config:
     for key in ("socket", "root", "state"):
         if not Path(getattr(config, key)).is_absolute():
             raise ConfigError(f"config key {key!r}: {getattr(config, key)!r} must be absolute")
+    if not config.cgroup_parent.startswith("/") or any(
+        part in ("", ".", "..") for part in config.cgroup_parent.strip("/").split("/")
+    ):
+        raise ConfigError(
+            f"config key 'cgroup_parent': {config.cgroup_parent!r} must be an absolute path "
+            "without '..', '.' or empty components"
+        )
     if not 0 <= config.stream_port <= 65535:
         raise ConfigError(f"config key 'stream_port': {config.stream_port} is not a port")
     if bool(config.stream_tls_cert_file) != bool(config.stream_tls_key_file):

@@ -47,6 +47,7 @@ from pycri.service.reconcile import Reconciler
 from pycri.service.recovery import recover
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS, bind
 from pycri.service.streaming import StreamingBackend
+from pycri.service.undo import Cleanup, UndoJournal
 from pycri.store.container import ContainerStore
 from pycri.store.names import NameIndex
 from pycri.store.sandbox import SandboxStore
@@ -100,6 +101,9 @@ def build_runtime(
             max_concurrent_streams=config.stream_max_concurrent,
         ),
     )
+    network = PodNetwork(
+        conf_dir=Path(config.cni_conf_dir), bin_dirs=config.cni_bin_dirs, netns=netns
+    )
     security = probe_node_security()
     try:
         validate_unset_profile(config.seccomp_unset_profile)
@@ -123,9 +127,7 @@ def build_runtime(
         apparmor=AppArmor(host=security.apparmor),
         images=images,
         pulls=ImagePuller(client=client, config=config.registry, snapshotter=config.snapshotter),
-        network=PodNetwork(
-            conf_dir=Path(config.cni_conf_dir), bin_dirs=config.cni_bin_dirs, netns=netns
-        ),
+        network=network,
         netns=netns,
         pod_cidr=PodCIDR(
             state_file=paths.runtime_config_file,
@@ -142,6 +144,16 @@ def build_runtime(
         streams=streams,
         faults=faults,
         metrics=metrics,
+        undo=UndoJournal(
+            directory=paths.undo_dir,
+            cleanup=Cleanup(
+                client=client,
+                snapshotter=config.snapshotter,
+                paths=paths,
+                netns=netns,
+                network=network,
+            ),
+        ),
     )
 
 
@@ -223,6 +235,7 @@ class Daemon:
             "pycri_stream_errors_total": lambda: rt.streams.stats().errors,
             "pycri_sandboxes": lambda: len(rt.sandboxes),
             "pycri_containers": lambda: len(rt.containers),
+            "pycri_undo_pending": lambda: len(rt.undo),
         }
         for name, read in readers.items():
             metrics.bind(name, read)
@@ -248,6 +261,7 @@ class Daemon:
         self.health.start()
         await self.images.refresh_all()
         self.runtime.dispatcher.start()
+        self.runtime.undo.start()
         # Subscribe before recovery, so nothing emitted during recovery is lost.
         self.events.start()
         async with asyncio.timeout(10):
@@ -284,6 +298,7 @@ class Daemon:
         await self.runtime.network.stop()
         await self.runtime.monitors.stop()
         await self.runtime.dispatcher.stop()
+        await self.runtime.undo.stop()
         for container in self.runtime.containers.all():
             if container.io is not None:  # keep the FIFOs: the containers live on
                 await container.io.detach()

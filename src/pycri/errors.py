@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import grpc
 
+QUOTE_LIMIT = 128
+
+
+def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters with the full length
+    said: a value from a request may be megabytes long, and must not come back whole."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class CRIError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN

@@ -95,6 +95,9 @@ LIVE_METRICS = (
     ),
     LiveMetric("pycri_sandboxes", "Pod sandboxes pycri knows, in any state."),
     LiveMetric("pycri_containers", "Containers pycri knows, in any state."),
+    LiveMetric(
+        "pycri_undo_pending", "Half-made objects of failed creates whose undo is being retried."
+    ),
 )
 _LIVE_BY_NAME = {m.name: m for m in LIVE_METRICS}
 

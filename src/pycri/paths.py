@@ -5,6 +5,8 @@
     ROOT/containers/<id>/status         a container's status checkpoint
     ROOT/sandboxes/<id>/                 a pod's hostname, hosts, resolv.conf, status checkpoint
     ROOT/containerd/                     the managed containerd's root
+    ROOT/creating/<id>                   an object being created, until it is complete or
+                                         undone (the undo journal, ``service/undo.py``)
     STATE/containers/<id>/io/            a container's stdio FIFOs
     STATE/containers/<id>/exec/<exec>/   an exec's FIFOs
     ROOT/runtime-config.json             what kubelet sent in UpdateRuntimeConfig (pod CIDR)
@@ -36,6 +38,13 @@ class Paths:
     @property
     def containers_dir(self) -> Path:
         return self.root / "containers"
+
+    @property
+    def undo_dir(self) -> Path:
+        return self.root / "creating"
+
+    def undo_entry(self, object_id: str) -> Path:
+        return self.undo_dir / object_id
 
     @property
     def container_state_dir(self) -> Path:

@@ -30,6 +30,7 @@ import grpc
 import grpc.aio
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from pycri.cgroups import cgroup_dirs
 from pycri.containerd.client import ContainerdClient
 from pycri.images.importer import import_tarball
 from pycri.testing.images import (
@@ -97,6 +98,11 @@ class Daemon:
     def containerd_socket(self) -> Path:
         return self.state / "containerd" / "containerd.sock"
 
+    @property
+    def cgroup_parent(self) -> str:
+        """The default cgroup parent of this daemon's pods: its own, never another's."""
+        return f"/pycri-test-{self.base.name}"
+
     def args(self) -> list[str]:
         return [
             str(PYCRI),
@@ -109,6 +115,8 @@ class Daemon:
             str(self.state),
             "--log-level",
             "debug",
+            "--cgroup-parent",
+            self.cgroup_parent,
             *self.extra_args,
         ]
 
@@ -162,6 +170,47 @@ class Daemon:
         kill_shims(str(self.containerd_socket))
         umount_below(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
+        remove_cgroup_tree(self.cgroup_parent)
+
+
+def cgroup_dirs_below(parent: str) -> list[Path]:
+    """Every cgroup directory below ``parent`` in every hierarchy (the parents excluded);
+    cgroups removed during the walk are skipped."""
+    found = []
+    for top in cgroup_dirs(parent):
+        found += cgroup_dirs_below_one(top)
+    return found
+
+
+def remove_cgroup_tree(parent: str) -> None:
+    for top in cgroup_dirs(parent):
+        for directory in sorted(cgroup_dirs_below_one(top), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def cgroup_dirs_below_one(top: Path) -> list[Path]:
+    return [Path(d) / sub for d, subdirs, _ in os.walk(top) for sub in subdirs]
+
+
+def pycri_cli(daemon: Daemon, *command: str, check: bool = True) -> str:
+    """Run ``pycri COMMAND`` (``check --orphans``, ``gc``) on a daemon's dirs; its stdout."""
+    args = [
+        "--root",
+        str(daemon.root),
+        "--state",
+        str(daemon.state),
+        "--cgroup-parent",
+        daemon.cgroup_parent,
+    ]
+    done = subprocess.run(
+        [str(PYCRI), *command, *args], capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 class CRI:
@@ -174,6 +223,24 @@ class CRI:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+async def raw_call(
+    cri: CRI, method: str, body: bytes, *, stream: bool = False, timeout: float = 10.0
+) -> bytes:
+    """Call ``method`` (``/runtime.v1.RuntimeService/Version``) with ``body`` as the raw
+    request bytes; the raw response (a stream's messages joined)."""
+    identity = (lambda b: b), (lambda b: b)
+    if stream:
+        call = cri.channel.unary_stream(
+            method, request_serializer=identity[0], response_deserializer=identity[1]
+        )
+        return b"".join([item async for item in call(body, timeout=timeout)])
+    unary = cri.channel.unary_unary(
+        method, request_serializer=identity[0], response_deserializer=identity[1]
+    )
+    result: bytes = await unary(body, timeout=timeout)
+    return result
 
 
 async def eventually(predicate, *, timeout: float = 10.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
@@ -295,7 +362,11 @@ class Leftovers:
     tasks: frozenset[str]
     active_snapshots: frozenset[str]
     leases: frozenset[str]
-    files: frozenset[str]  # dirs under ROOT/{containers,sandboxes}, STATE/{containers,netns}
+    files: frozenset[
+        str
+    ]  # dirs under ROOT/{containers,sandboxes,creating}, STATE/{containers,netns}
+    cgroups: frozenset[str]  # cgroup dirs below the daemon's default parent, every hierarchy
+    mounts: frozenset[str]  # mount points below the daemon's dirs
 
 
 async def leftovers(daemon: Daemon, client: ContainerdClient) -> Leftovers:
@@ -303,10 +374,14 @@ async def leftovers(daemon: Daemon, client: ContainerdClient) -> Leftovers:
         dirs = (
             daemon.root / "containers",
             daemon.root / "sandboxes",
+            daemon.root / "creating",
             daemon.state / "containers",
             daemon.state / "netns",
         )
         return frozenset(str(p) for d in dirs if d.is_dir() for p in d.iterdir())
+
+    def cgroups() -> frozenset[str]:
+        return frozenset(str(p) for p in cgroup_dirs_below(daemon.cgroup_parent))
 
     snapshots = await client.snapshots.list("overlayfs")
     return Leftovers(
@@ -315,6 +390,8 @@ async def leftovers(daemon: Daemon, client: ContainerdClient) -> Leftovers:
         active_snapshots=frozenset(s.name for s in snapshots if s.kind == ACTIVE_SNAPSHOT),
         leases=frozenset(lease.id for lease in await client.leases.list()),
         files=await asyncio.to_thread(entries),
+        cgroups=await asyncio.to_thread(cgroups),
+        mounts=frozenset(await asyncio.to_thread(mounts_below, daemon.base)),
     )
 
 
@@ -482,3 +559,18 @@ class Net:
     def bridge_ports(self) -> list[str]:
         brif = Path("/sys/class/net") / self.bridge / "brif"
         return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
+
+
+def mounts_below(base: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [m.split()[4] for m in lines if m.split()[4].startswith(f"{base}/")]
+
+
+def shims_of(daemon: Daemon) -> list[int]:
+    """PIDs of the shims serving this daemon's containerd."""
+    out = subprocess.run(["pgrep", "-af", "containerd-shim"], capture_output=True, text=True)
+    return [
+        int(line.split()[0])
+        for line in out.stdout.splitlines()
+        if f"-address {daemon.containerd_socket}" in line
+    ]

@@ -106,3 +106,11 @@ async def running_pod(cri: CRI, config: api_pb2.PodSandboxConfig) -> AsyncIterat
     finally:
         await cri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
         await cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+async def remove_all_pods(cri: CRI) -> None:
+    """Stop and remove every pod the daemon lists (and so every container)."""
+    pods = await cri.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest())
+    for p in pods.items:
+        await cri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=p.id))
+        await cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=p.id))

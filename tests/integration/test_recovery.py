@@ -14,8 +14,8 @@ from cri_api.v1 import api_pb2
 
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
-from tests.integration.helpers import CRI, Daemon, eventually, import_test_images
-from tests.integration.pods import container_config, pod_config
+from tests.integration.helpers import CRI, Daemon, eventually, import_test_images, pycri_cli
+from tests.integration.pods import container_config, pod_config, remove_all_pods
 
 WAIT_FOR_RELEASE = "read x < /shared/go; exit {code}"
 
@@ -78,14 +78,7 @@ class Node:
             return None
 
     async def remove_all(self) -> None:
-        pods = await self.cri.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest())
-        for p in pods.items:
-            await self.cri.runtime.StopPodSandbox(
-                api_pb2.StopPodSandboxRequest(pod_sandbox_id=p.id)
-            )
-            await self.cri.runtime.RemovePodSandbox(
-                api_pb2.RemovePodSandboxRequest(pod_sandbox_id=p.id)
-            )
+        await remove_all_pods(self.cri)
 
     async def assert_nothing_leaked(self) -> None:
         assert [c.id for c in await self.ctd.containers.list()] == []
@@ -339,10 +332,7 @@ async def test_rpcs_refused_until_recovered(make_daemon: type[Daemon]) -> None:
 
 
 async def test_orphans_listed_and_collected(node: Node, tmp_path: Path) -> None:
-    import subprocess
-
     from pycri.net.netns import NetNS
-    from tests.integration.helpers import PYCRI
 
     pod = await node.run_pod("kept", tmp_path)
     kept = await node.start(pod, container_config("kept", "sleep 3600"))
@@ -356,12 +346,9 @@ async def test_orphans_listed_and_collected(node: Node, tmp_path: Path) -> None:
     await node.ctd.snapshots.prepare(
         "overlayfs", "stray-snapshot", "", labels={"containerd.io/gc.root": "test"}
     )
-    args = ["--root", str(d.root), "--state", str(d.state)]
 
     def cli(*cmd: str) -> str:
-        done = subprocess.run([str(PYCRI), *cmd, *args], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return pycri_cli(d, *cmd)
 
     listed = await asyncio.to_thread(cli, "check", "--orphans")
     assert "a" * 64 in listed and "b" * 64 in listed

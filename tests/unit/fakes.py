@@ -124,7 +124,9 @@ def make_container(
     status: ContainerStatus | None = None,
     labels: dict[str, str] | None = None,
 ) -> Container:
-    """A container whose status checkpoint lives under ``tmp_path`` (CREATED by default)."""
+    """A container whose status checkpoint lives under ``tmp_path`` (CREATED by default);
+    its directory exists, as CreateContainer makes it."""
+    (tmp_path / container_id).mkdir(parents=True, exist_ok=True)
     return Container(
         metadata=container_metadata(
             container_id=container_id, sandbox_id=sandbox_id, labels=labels
@@ -146,6 +148,7 @@ def make_sandbox(
         metadata=api_pb2.PodSandboxMetadata(name="pod", namespace="ns", uid="uid"),
         labels=labels or {},
     )
+    (tmp_path / sandbox_id).mkdir(parents=True, exist_ok=True)  # as RunPodSandbox makes it
     return Sandbox(
         metadata=SandboxMetadata(
             id=sandbox_id, name="pod_ns_uid_0", config=config, netns_path="", created_at=1

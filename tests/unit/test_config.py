@@ -34,6 +34,8 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("[registry]\nmirrors = { 'docker.io' = 'x' }", "registry.mirrors.docker.io"),
         ("registry = 3", "'registry': expected a table"),
         ("socket = [", "config file"),
+        ("cgroup_parent = 'relative'", "'cgroup_parent'"),
+        ("cgroup_parent = '/a/../b'", "'cgroup_parent'"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:

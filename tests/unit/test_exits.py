@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from pycri.containerd.types import ExitStatus
+from pycri.errors import FailedPrecondition
 from pycri.events.container_events import ContainerEventBroadcaster
 from pycri.events.dispatcher import EventDispatcher
 from pycri.events.monitor import ExitMonitors
@@ -225,3 +227,38 @@ def test_faults_only_when_enabled() -> None:
     assert on.remaining_delay("x", labels, "pycri.faults/delete-delay-seconds") <= first
     on.forget("x")
     assert on.should_fail("x", labels, FAULT_DELETE_FAIL)
+
+
+async def test_late_retries_and_events_never_recreate_a_removed_containers_dir(
+    node: Node, clock: FakeClock
+) -> None:
+    """The lead's suspicion: a backoff retry (or an OOM event) for a container whose removal
+    already deleted ``ROOT/containers/<id>/`` must not bring the directory back."""
+    node.tasks.delete_failures[CONTAINER_ID] = 2
+    await node.dispatcher.submit(CONTAINER_ID, _exit(1))  # persisted; delete failed → queued
+    assert node.dispatcher.in_backoff(CONTAINER_ID)
+    # RemoveContainer's last steps, with the container still in its store (the window
+    # before it is forgotten and its retries dropped)
+    await node.container.retire(f"container {CONTAINER_ID}")
+    directory = node.container.status_path.parent
+    shutil.rmtree(directory)
+    clock.advance(2)
+    await node.dispatcher.tick()  # the retry of the exit: the first recorded exit wins
+    await node.dispatcher.submit(CONTAINER_ID, TaskOOM(container_id=CONTAINER_ID))
+    clock.advance(10)
+    await node.dispatcher.tick()
+    assert not directory.exists()
+    assert node.container.status.exit_code == 1  # what was recorded before stays
+
+
+async def test_a_retired_object_refuses_persisted_changes_only(tmp_path: Path) -> None:
+    container = make_container(tmp_path, status=RUNNING)
+    await container.retire("container x")
+    shutil.rmtree(container.status_path.parent)
+    with pytest.raises(FailedPrecondition, match="being removed"):
+        await container.set_resources({"memory": {"limit": 1}})
+    with pytest.raises(FailedPrecondition, match="being removed"):
+        await container.mark_oom()
+    await container.end_start()  # in-memory changes still apply
+    assert not container.status_path.parent.exists()
+    assert container.status.reason == ""

@@ -139,7 +139,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"events", "images", "net", "oci", "security", "stream", "testing"}),
     frozenset({"store"}),
     frozenset({"cio", "containerd"}),
-    frozenset({"errors", "config", "paths", "cgroups", "metrics", "log", "pycri"}),
+    frozenset({"errors", "config", "paths", "fsutil", "cgroups", "metrics", "log", "pycri"}),
 )
 
 

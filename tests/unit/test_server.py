@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import grpc.aio
 import pytest
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
-from pycri.api.server import CRIServer, SocketInUseError, prepare_socket
+from pycri.api.server import MAX_MESSAGE_BYTES, CRIServer, SocketInUseError, prepare_socket
 from pycri.containerd.errors import NotFoundError, UnavailableError
 from pycri.errors import AlreadyExists, InvalidArgument
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS
@@ -32,7 +33,9 @@ async def raising(request: Any) -> Any:
     if kind == "timeout":
         raise TimeoutError
     if kind == "crash":
-        raise ZeroDivisionError("oops")
+        raise ZeroDivisionError("oops in /var/lib/pycri/secret")
+    if kind.startswith("huge"):
+        raise InvalidArgument(f"container {kind!r} not found")
     return api_pb2.ContainerStatusResponse()
 
 
@@ -61,7 +64,7 @@ async def stub(tmp_path: Path):  # type: ignore[no-untyped-def]
         ("ctd-notfound", grpc.StatusCode.NOT_FOUND, "not found"),
         ("ctd-down", grpc.StatusCode.UNAVAILABLE, "containerd down"),
         ("timeout", grpc.StatusCode.DEADLINE_EXCEEDED, "timed out"),
-        ("crash", grpc.StatusCode.INTERNAL, "ZeroDivisionError: oops"),
+        ("crash", grpc.StatusCode.INTERNAL, "internal error"),
     ],
 )
 async def test_errors_map_to_codes(stub, kind: str, code: grpc.StatusCode, text: str) -> None:  # type: ignore[no-untyped-def]
@@ -132,3 +135,54 @@ def test_prepare_socket(tmp_path: Path) -> None:
     live.close()
     prepare_socket(path)  # stale now: removed
     assert not path.exists()
+
+
+async def test_internal_errors_name_no_exception_class_nor_path(stub, caplog) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="crash"))
+    details = err.value.details() or ""
+    assert "ZeroDivisionError" not in details and "/var/lib" not in details
+    error_id = details.split("internal error ", 1)[1].split()[0]
+    # the log line with that ID has the cause and the traceback
+    failed = [r for r in caplog.records if r.getMessage() == "rpc failed"]
+    assert failed and failed[-1].error_id == error_id and failed[-1].exc_info
+
+
+async def test_undecodable_bodies_are_invalid_argument_with_one_log_line(  # type: ignore[no-untyped-def]
+    stub, caplog, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="pycri.api.server")
+    channel = grpc.aio.insecure_channel(f"unix://{tmp_path / 's.sock'}")
+    try:
+        for method in ("ContainerStatus", "ListMetricDescriptors"):
+            raw = channel.unary_unary(
+                f"/runtime.v1.RuntimeService/{method}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff")
+            expected = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if method == "ContainerStatus"
+                else grpc.StatusCode.UNIMPLEMENTED
+            )
+            assert err.value.code() == expected, err.value.details()
+            if method == "ContainerStatus":
+                assert "runtime.v1.ContainerStatusRequest" in (err.value.details() or "")
+    finally:
+        await channel.close()
+    lines = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "INFO" and not lines[0].exc_info
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_huge_values_are_not_echoed_back(stub, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="pycri.api.server")
+    big = "huge" + "x" * 200_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=big))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(err.value.details() or "") <= MAX_MESSAGE_BYTES
+    refused = [r for r in caplog.records if r.getMessage() == "rpc refused"]
+    assert refused and len(refused[-1].error) <= MAX_MESSAGE_BYTES

@@ -48,6 +48,10 @@ def test_reason_rules(exit_code: int, stored: str, reported: str) -> None:
 
 def test_checkpoint_roundtrip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "c" / "status"
+    with pytest.raises(FileNotFoundError):  # a write never makes the object's directory
+        checkpoint.write_sync(path, {"a": 1})
+    assert not path.parent.exists()
+    path.parent.mkdir()
     checkpoint.write_sync(path, {"a": 1})
     assert checkpoint.read_sync(path) == {"version": 1, "a": 1}
     assert not list(path.parent.glob(".*tmp"))
@@ -148,7 +152,7 @@ async def test_a_sandbox_exit_racing_its_stop_keeps_both(
 ) -> None:
     """Regression: the exit handler's status write and StopPodSandbox's teardown flags."""
     sandbox = make_sandbox(tmp_path)
-    sandbox.status_path.parent.mkdir(parents=True)
+    sandbox.status_path.parent.mkdir(parents=True, exist_ok=True)
     exit_recorded = asyncio.create_task(sandbox.record_exit(exit_code=137, exited_at=9))
     await asyncio.sleep(0.01)  # the exit waits in its checkpoint write
     torn_down = asyncio.create_task(sandbox.record_network_torn_down())

@@ -8,8 +8,19 @@ kubelet calling an RPC pycri lacks gets a clear answer, never a crash.
 Every call goes through ``_guard``: it refuses calls until the daemon is initialized
 (recovery done; reference §1.1), logs the RPC, and maps exceptions to gRPC statuses:
 ``CRIError`` subclasses carry their own code, containerd errors keep theirs (NotFound stays
-NOT_FOUND, which kubelet checks), timeouts become DEADLINE_EXCEEDED, anything else INTERNAL
-with the cause. A handler's crash never takes the daemon down.
+NOT_FOUND, which kubelet checks), timeouts become DEADLINE_EXCEEDED, anything else INTERNAL.
+A handler's crash never takes the daemon down.
+
+Hostile input at the seam:
+
+- A request body that does not decode as the method's message (``b"\xff"``) is answered
+  INVALID_ARGUMENT with one log line; the deserializer never raises into grpc (which would
+  answer UNKNOWN and log a traceback per request).
+- Every status message, and every log line quoting one, is cut to ``MAX_MESSAGE_BYTES``:
+  messages quote request values, and a 15 MiB ID must not come back as a 15 MiB
+  ``grpc-message`` header (which the client refuses as RESOURCE_EXHAUSTED) or log line.
+- INTERNAL says only that something failed and the ID of the log line that has the cause
+  and traceback: no Python exception class names, no host paths.
 
 Socket handling: the parent dir is created, a stale socket (nothing listening) is replaced,
 a live one is refused (two daemons on one socket would steal each other's clients), and
@@ -22,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket as socketlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -63,8 +75,19 @@ _QUIET = {
 }
 
 
+MAX_MESSAGE_BYTES = 2048  # of a status message or a logged error
+
+
 class SocketInUseError(RuntimeError):
     """Another server answers on the socket pycri was asked to listen on."""
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message``, cut to about ``limit`` bytes with what was cut said."""
+    if len(message) <= limit // 4 or len(message.encode()) <= limit:
+        return message
+    cut = message.encode()[: limit - 64].decode(errors="ignore")
+    return f"{cut}... ({len(message)} characters in all)"
 
 
 def _status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -74,14 +97,43 @@ def _status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
         return err.code, err.message
     if isinstance(err, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, f"timed out: {err}" if str(err) else "timed out"
-    return grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}"
+    return grpc.StatusCode.INTERNAL, ""
+
+
+class Undecodable:
+    """What the deserializer returns for bytes that are not the method's request message."""
+
+    def __init__(self, type_name: str, error: BaseException) -> None:
+        self.type_name = type_name
+        self.error = bounded(str(error) or "malformed", 256)
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return cls.FromString(data)
+        except Exception as err:  # DecodeError, and whatever else malformed bytes raise
+            return Undecodable(cls.DESCRIPTOR.full_name, err)
+
+    return parse
 
 
 class _Guard:
     def __init__(self, *, is_ready: Callable[[], bool]) -> None:
         self.is_ready = is_ready
 
-    async def check_ready(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def check_ready(
+        self, name: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        if isinstance(request, Undecodable):
+            log.info(
+                "undecodable request refused",
+                extra={"rpc": name, "type": request.type_name, "error": request.error},
+            )
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{name}: the request is not a valid {request.type_name}: {request.error}",
+            )
         if not self.is_ready():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"{name}: server is not initialized yet"
@@ -92,14 +144,21 @@ class _Guard:
     ) -> None:
         code, message = _status_of(err)
         if code == grpc.StatusCode.INTERNAL:
-            log.error("rpc failed", exc_info=err, extra={"rpc": name})
+            error_id = secrets.token_hex(4)
+            log.error(
+                "rpc failed",
+                exc_info=err,
+                extra={"rpc": name, "error_id": error_id, "error": bounded(repr(err))},
+            )
+            message = f"{name}: internal error {error_id} (the pycri log has the details)"
         else:
+            message = bounded(message)
             log.info("rpc refused", extra={"rpc": name, "code": code.name, "error": message})
         await context.abort(code, message)
 
     def unary(self, name: str, impl: UnaryImpl) -> Callable[..., Awaitable[Message]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-            await self.check_ready(name, context)
+            await self.check_ready(name, request, context)
             started = time.monotonic()
             try:
                 response = await impl(request)
@@ -127,7 +186,7 @@ class _Guard:
         async def handler(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Message]:
-            await self.check_ready(name, context)
+            await self.check_ready(name, request, context)
             try:
                 async for item in impl(request):
                     yield item
@@ -197,7 +256,7 @@ def build_handler(
             make_handler = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make_handler(
             fn,
-            request_deserializer=req_cls.FromString,
+            request_deserializer=_deserializer(req_cls),
             response_serializer=resp_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service, handlers)

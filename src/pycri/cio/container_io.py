@@ -352,8 +352,10 @@ class ContainerIO:
         tty: bool,
         log_path: str,
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        log_dir: str = "",
     ) -> ContainerIO:
-        """Make the FIFOs, open the log (``log_path=""``: discard output), start reading.
+        """Make the FIFOs, open the log (``log_path=""``: discard output; beneath ``log_dir``
+        without following links, see ``crilog``), start reading.
 
         Raises ``OSError`` (FIFOs or log file cannot be created); nothing is left behind then.
         """
@@ -363,6 +365,7 @@ class ContainerIO:
             container_id=container_id,
             paths=paths,
             log_path=log_path,
+            log_dir=log_dir,
             max_line_size=max_line_size,
             reattach=False,
         )
@@ -375,6 +378,7 @@ class ContainerIO:
         paths: StdioPaths,
         log_path: str,
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        log_dir: str = "",
     ) -> ContainerIO:
         """Recovery: read the FIFOs of a task that outlived the previous pycri process.
 
@@ -385,6 +389,7 @@ class ContainerIO:
             container_id=container_id,
             paths=paths,
             log_path=log_path,
+            log_dir=log_dir,
             max_line_size=max_line_size,
             reattach=True,
         )
@@ -396,6 +401,7 @@ class ContainerIO:
         container_id: str,
         paths: StdioPaths,
         log_path: str,
+        log_dir: str,
         max_line_size: int,
         reattach: bool,
     ) -> ContainerIO:
@@ -407,6 +413,7 @@ class ContainerIO:
                     path=log_path,
                     max_line_size=max_line_size,
                     log_extra={"container_id": container_id},
+                    log_dir=log_dir,
                 )
             container_io = cls(container_id=container_id, paths=paths, log_writer=log_writer)
             await container_io._start_readers(reattach=reattach)

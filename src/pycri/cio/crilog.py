@@ -44,6 +44,10 @@ Writing (``CriLogWriter``, one per log file, shared by stdout and stderr):
   slower than the container throttles the container through the pipe (as containerd's
   synchronous copy does), and memory stays bounded. A hung disk therefore eventually blocks a
   chatty container's writes, like in containerd; a failing disk does not.
+- The file is opened beneath the pod's log directory without following links
+  (``fsutil.open_beneath``): a symlink put in the log directory (by a container writing to
+  it through a volume, or anyone else) makes the open fail instead of sending pycri's output
+  to the file it points at. Without a log directory only the last component is not followed.
 - ``reopen()`` (ReopenContainerLog, after kubelet renamed the file to rotate it) opens the path
   again in the pool and swaps descriptors; batches written after the swap go to the new file.
   If the open fails the old file is kept and the error raised. A closed writer refuses to
@@ -56,11 +60,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import time
 from collections.abc import Iterable
 from typing import Final, Literal
+
+from pycri.fsutil import open_beneath
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +248,16 @@ def _log_io_executor() -> concurrent.futures.ThreadPoolExecutor:
     return _log_io_pool
 
 
-def _open_log_file(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, LOG_FILE_MODE)
+_LOG_OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _open_log_file(path: str, log_dir: str) -> int:
+    if not log_dir:
+        return os.open(path, _LOG_OPEN_FLAGS, LOG_FILE_MODE)
+    try:
+        return open_beneath(log_dir, os.path.relpath(path, log_dir), _LOG_OPEN_FLAGS, LOG_FILE_MODE)
+    except ValueError as err:  # not beneath the log directory at all
+        raise OSError(errno.EINVAL, str(err)) from None
 
 
 def _write_and_close(owned_fd: int, data: bytes) -> None:
@@ -263,9 +278,9 @@ def _close_quietly(fd: int) -> None:
         logger.debug("closing a log file descriptor failed", exc_info=True)
 
 
-async def _open_log_file_in_pool(path: str) -> int:
+async def _open_log_file_in_pool(path: str, log_dir: str) -> int:
     loop = asyncio.get_running_loop()
-    opening = loop.run_in_executor(_log_io_executor(), _open_log_file, path)
+    opening = loop.run_in_executor(_log_io_executor(), _open_log_file, path, log_dir)
     try:
         # Shielded so that a cancelled caller cannot leak the descriptor the thread opens.
         return await asyncio.shield(opening)
@@ -294,8 +309,10 @@ class CriLogWriter:
         max_line_size: int,
         max_buffered_bytes: int,
         log_extra: dict[str, str] | None = None,
+        log_dir: str = "",
     ) -> None:
         self.path = path
+        self.log_dir = log_dir  # the path is opened beneath it (no links followed)
         self.max_line_size = max_line_size
         self.max_buffered_bytes = max_buffered_bytes
         self._fd: int | None = fd
@@ -320,15 +337,18 @@ class CriLogWriter:
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         log_extra: dict[str, str] | None = None,
+        log_dir: str = "",
     ) -> CriLogWriter:
-        """Open (create, append to) the log file. Raises ``OSError`` if it cannot be opened."""
-        fd = await _open_log_file_in_pool(path)
+        """Open (create, append to) the log file, beneath ``log_dir`` if given, following no
+        links. Raises ``OSError`` if it cannot be opened."""
+        fd = await _open_log_file_in_pool(path, log_dir)
         return cls(
             path=path,
             fd=fd,
             max_line_size=max_line_size,
             max_buffered_bytes=max_buffered_bytes,
             log_extra=log_extra,
+            log_dir=log_dir,
         )
 
     @property
@@ -372,7 +392,7 @@ class CriLogWriter:
         """
         if self._closed:
             raise LogWriterClosedError(f"log writer for {self.path} is closed")
-        new_fd = await _open_log_file_in_pool(self.path)
+        new_fd = await _open_log_file_in_pool(self.path, self.log_dir)
         if self._closed:  # closed while the open was in the pool
             _close_quietly(new_fd)
             raise LogWriterClosedError(f"log writer for {self.path} is closed")

@@ -8,10 +8,14 @@ support): runc would fail at start with an error that names none of them.
 from __future__ import annotations
 
 import os
+import re
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pycri.oci.capabilities import ALL_CAPABILITIES, capabilities_from_mask
+
+_CPUSET = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +33,13 @@ class HostFeatures:
     swap_limit_supported: bool = True
     # kubelet sends limits for every huge page size; without the hugetlb controller they must go.
     hugetlb_supported: bool = True
+    # CPUs and memory nodes a cpuset may name, huge page sizes ("2MB") a limit may name;
+    # None: not known, anything that parses is accepted.
+    online_cpus: frozenset[int] | None = None
+    online_mems: frozenset[int] | None = None
+    hugepage_sizes: frozenset[str] | None = None
+    # runc applies ``unified`` resources only on cgroup v2
+    cgroup_v2: bool = False
 
 
 def probe_host_features(*, cgroup_root: str = "/sys/fs/cgroup") -> HostFeatures:
@@ -51,4 +62,57 @@ def probe_host_features(*, cgroup_root: str = "/sys/fs/cgroup") -> HostFeatures:
             os.path.join(cgroup_root, "memory", "memory.memsw.limit_in_bytes")
         ),
         hugetlb_supported=os.path.isdir(os.path.join(cgroup_root, "hugetlb")),
+        online_cpus=_read_set("/sys/devices/system/cpu/online", parse_cpuset),
+        # a machine without NUMA has no node directory: node 0 only
+        online_mems=_read_set("/sys/devices/system/node/online", parse_cpuset) or frozenset({0}),
+        hugepage_sizes=_hugepage_sizes("/sys/kernel/mm/hugepages"),
+        cgroup_v2=os.path.exists(os.path.join(cgroup_root, "cgroup.controllers")),
     )
+
+
+def parse_cpuset(text: str) -> frozenset[int]:
+    """``0-3,5`` → {0, 1, 2, 3, 5}; ValueError if it is not a cpuset list."""
+    if not _CPUSET.fullmatch(text):
+        raise ValueError(f"{text[:64]!r} is not a list of numbers and ranges like 0-3,5")
+    members: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        first, last = int(low), int(high or low)
+        if last < first:
+            raise ValueError(f"{text[:64]!r}: range {part} goes backwards")
+        if last - first > 65536:
+            raise ValueError(f"{text[:64]!r}: range {part} is too large")
+        members.update(range(first, last + 1))
+    return frozenset(members)
+
+
+def _read_set(path: str, parse: Callable[[str], frozenset[int]]) -> frozenset[int] | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return parse(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+_UNITS = (("PB", 1 << 40), ("TB", 1 << 30), ("GB", 1 << 20), ("MB", 1 << 10), ("KB", 1))
+
+
+def hugepage_size_name(kib: int) -> str:
+    """2048 (kB) → ``2MB``, kubelet's (and the hugetlb controller's) name of a page size."""
+    for unit, size in _UNITS:
+        if kib % size == 0:
+            return f"{kib // size}{unit}"
+    return f"{kib}KB"
+
+
+def _hugepage_sizes(directory: str) -> frozenset[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return frozenset()
+    sizes = set()
+    for name in names:  # hugepages-2048kB
+        digits = name.removeprefix("hugepages-").removesuffix("kB")
+        if digits.isdigit():
+            sizes.add(hugepage_size_name(int(digits)))
+    return frozenset(sizes)

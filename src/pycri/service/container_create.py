@@ -2,12 +2,21 @@
 container, checkpoint CREATED.
 
 Steps (undone in reverse on failure, so bad input leaves nothing behind):
-    validate → sandbox READY → reserve name → resolve image (local only: no implicit pull) →
-    resolve the user against the image's /etc/passwd → spec → lease + snapshot + containerd
-    container (metadata in its extension) → status checkpoint (CreatedAt) → store
+    validate (names, sizes, resources, mounts, log path) → sandbox READY and not closing
+    (the pod's ``creates`` count held from here to the end) → reserve name → resolve image
+    (local only: no implicit pull) → log path's directory checked beneath the pod's log
+    directory → intent in the undo journal → missing host paths of mounts made (as
+    containerd's plugin does) → resolve the user against the image's /etc/passwd → spec →
+    lease + snapshot + containerd container (metadata in its extension) → status checkpoint
+    (CreatedAt) → the pod still not closing → store → intent dropped
 
 The containerd container exists before the status file, and remove deletes the status last,
-so a crash at any point leaves something recovery can reconcile.
+so a crash at any point leaves something recovery can reconcile; a create that had not
+finished is undone by the undo journal (``service/undo.py``).
+
+A pod that StopPodSandbox or RemovePodSandbox began to close refuses new creates; a create
+already past that check sees the fence again just before it commits and rolls back, and
+Stop/Remove wait for it (``Sandbox.creates``), so no container outlives its pod's removal.
 """
 
 from __future__ import annotations
@@ -17,52 +26,107 @@ import functools
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2
 
-from pycri.cgroups import cgroups_path
-from pycri.errors import FailedPrecondition, InvalidArgument
+from pycri.errors import InvalidArgument, quote
 from pycri.events.types import Kind
+from pycri.fsutil import check_beneath, make_dirs, remove_empty_dirs
 from pycri.images.model import Image
 from pycri.oci.capabilities import container_capabilities
 from pycri.oci.container_spec import container_spec
-from pycri.oci.resources import linux_resources_to_oci
+from pycri.oci.host import HostFeatures
+from pycri.oci.resources import linux_resources_to_oci, validate_linux_resources
+from pycri.oci.runtime_handlers import RuntimeHandler
 from pycri.oci.users import ProcessUser, resolve_user
-from pycri.oci.validation import validate_log_path, validate_mount
+from pycri.oci.validation import (
+    validate_annotations,
+    validate_image_ref,
+    validate_labels,
+    validate_log_path,
+    validate_mount,
+    validate_name,
+)
 from pycri.security.seccomp import linux_seccomp
 from pycri.service import records
 from pycri.service.container_events import CREATED
 from pycri.service.context import RuntimeContext
+from pycri.service.faults import FAULT_ROLLBACK_FAIL
 from pycri.service.ids import new_id, now_ns
 from pycri.service.image_resolve import resolve_image
 from pycri.service.records import Mount
 from pycri.service.rollback import Rollback
 from pycri.service.sandbox_files import SandboxFiles
 from pycri.service.sandbox_run import current_oom_score_adj, resolve_runtime_handler
+from pycri.service.undo import Intent
 from pycri.store import checkpoint
 from pycri.store.container import Container, ContainerMetadata, ContainerStatus
 from pycri.store.names import container_name
-from pycri.store.sandbox import SandboxState
+from pycri.store.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
 
 def validate_container_config(
-    config: api_pb2.ContainerConfig, *, recursive_read_only_supported: bool = False
+    config: api_pb2.ContainerConfig,
+    *,
+    recursive_read_only_supported: bool = False,
+    host: HostFeatures | None = None,
 ) -> None:
     if not config.HasField("metadata") or not config.metadata.name:
         raise InvalidArgument("container config must include metadata with a name")
     if not config.image.image:
         raise InvalidArgument("container config must name an image")
     try:
+        validate_name(config.metadata.name, what="container metadata.name")
+        validate_image_ref(config.image.image)
+        validate_labels(config.labels, what="container")
+        validate_annotations(config.annotations, config.image.annotations, what="container")
         if config.log_path:
             validate_log_path(config.log_path)
         for mount in config.mounts:
             validate_mount(mount, recursive_read_only_supported=recursive_read_only_supported)
+        validate_linux_resources(config.linux.resources, host=host or HostFeatures())
     except ValueError as err:
-        raise InvalidArgument(str(err)) from None
+        raise InvalidArgument(f"container config: {err}") from None
+
+
+def _check_log_path(log_directory: str, log_path: str) -> None:
+    """The log file's directory must exist beneath the pod's, reached without links."""
+    try:
+        check_beneath(log_directory, log_path)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InvalidArgument(
+            f"container config: log_path {quote(log_path)} cannot be used in the pod's log "
+            f"directory: {reason}"
+        ) from None
+
+
+def _make_host_paths(mounts: list[api_pb2.Mount]) -> list[list[Path]]:
+    """A missing host path is made a directory, as containerd's plugin does; what was made
+    is returned for the rollback. InvalidArgument when one cannot be made."""
+    made: list[list[Path]] = []
+    try:
+        for mount in mounts:
+            if not os.path.lexists(mount.host_path):
+                made.append(make_dirs(Path(mount.host_path)))
+    except OSError as err:
+        for created in reversed(made):
+            remove_empty_dirs(created)
+        raise InvalidArgument(
+            f"container config: mount host_path {quote(mount.host_path)} does not exist and "
+            f"cannot be created: {err.strerror or err}"
+        ) from None
+    return made
+
+
+def _remove_host_paths(made: list[list[Path]]) -> None:
+    for created in reversed(made):
+        remove_empty_dirs(created)
 
 
 def _read_from_layers(mounts: list[Mount], rel: str) -> str:
@@ -130,23 +194,50 @@ async def create_container(
     # Every container runs under its pod's handler (recorded with the pod, so also after a
     # restart); one removed from the config since is refused, never swapped for another.
     handler = resolve_runtime_handler(rt, sandbox.metadata.handler)
+    validate_container_config(
+        config,
+        recursive_read_only_supported=handler.features.recursive_read_only_mounts,
+        host=rt.host_features,
+    )
+    sandbox.check_open()
+    sandbox.creates.enter()
+    try:
+        return await _create(rt, config, sandbox, handler)
+    finally:
+        sandbox.creates.leave()
+
+
+async def _create(
+    rt: RuntimeContext, config: api_pb2.ContainerConfig, sandbox: Sandbox, handler: RuntimeHandler
+) -> api_pb2.CreateContainerResponse:
     recursive_read_only = handler.features.recursive_read_only_mounts
-    validate_container_config(config, recursive_read_only_supported=recursive_read_only)
-    if sandbox.status.state is not SandboxState.READY:
-        raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
     sandbox_config = sandbox.metadata.config
     seccomp, apparmor_profile = await security_profiles(rt, config)
     container_id = new_id()
     name = container_name(config.metadata, sandbox_config.metadata)
-    async with Rollback(what=f"container {container_id}") as undo:
+    cgroup = sandbox.metadata.cgroups_path(container_id)
+    fault = functools.partial(
+        rt.faults.should_fail, container_id, config.labels, FAULT_ROLLBACK_FAIL
+    )
+    async with Rollback(what=f"container {container_id}", fault=fault) as undo:
         rt.container_names.reserve(name, container_id)
         undo.push("release name", lambda: rt.container_names.release(name, container_id))
         image = await resolve_image(rt, config.image.image)
-        log_path = (
-            os.path.join(sandbox_config.log_directory, config.log_path)
-            if sandbox_config.log_directory and config.log_path
-            else ""
+        log_path = ""
+        if sandbox_config.log_directory and config.log_path:
+            await asyncio.to_thread(_check_log_path, sandbox_config.log_directory, config.log_path)
+            log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+        await undo.journal(
+            rt.undo,
+            Intent(
+                kind=Kind.CONTAINER,
+                object_id=container_id,
+                cgroups_path=cgroup,
+                created_at=time.time(),
+            ),
         )
+        made = await asyncio.to_thread(_make_host_paths, list(config.mounts))
+        undo.push("remove made host paths", lambda: asyncio.to_thread(_remove_host_paths, made))
         created_at = now_ns()
         metadata = ContainerMetadata(
             id=container_id,
@@ -183,7 +274,7 @@ async def create_container(
                         hostname_path=str(files.hostname),
                         resolv_conf_path=str(files.resolv_conf),
                         hosts_path=str(files.hosts),
-                        cgroups_path=cgroups_path(sandbox_config.linux.cgroup_parent, container_id),
+                        cgroups_path=cgroup,
                         current_oom_score_adj=current_oom_score_adj(),
                         host=rt.host_features,
                         seccomp=seccomp,
@@ -214,9 +305,11 @@ async def create_container(
             resources=linux_resources_to_oci(config.linux.resources),
         )
         status_path = rt.paths.container_status(container_id)
-        await checkpoint.write(status_path, status.persisted())
         undo.push("remove container dir", lambda: _remove_dir(rt.paths.container_dir(container_id)))
+        await asyncio.to_thread(status_path.parent.mkdir, parents=True, exist_ok=True)
+        await checkpoint.write(status_path, status.persisted())
         container = Container(metadata=metadata, status=status, status_path=status_path)
+        sandbox.check_open()  # Stop/Remove began meanwhile: this container must not stay
         rt.containers.add(container)
         undo.commit()
     log.info(

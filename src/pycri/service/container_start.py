@@ -2,7 +2,9 @@
 RUNNING, and hand the task to its exit monitor.
 
 Guards: the container must be CREATED and not already starting or being removed (the
-``starting`` flag fences a concurrent Start/Remove), and its sandbox READY. On any failure
+``starting`` flag fences a concurrent Start/Remove), and its sandbox READY and not being
+stopped or removed. A Stop that arrives meanwhile waits for the Start to end
+(``Container.start_settled``) and then stops what it started. On any failure
 the container becomes EXITED with exit code 128 and reason ``StartError`` (not CREATED
 again), and its task is deleted, as kubelet expects (reference §2.2).
 
@@ -24,7 +26,6 @@ from pycri.service.container_events import STARTED
 from pycri.service.context import RuntimeContext
 from pycri.service.ids import now_ns
 from pycri.store.container import Container
-from pycri.store.sandbox import SandboxState
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +48,28 @@ async def start_container(
 
 async def _start(rt: RuntimeContext, container: Container) -> None:
     sandbox = rt.sandboxes.find(container.metadata.sandbox_id)
-    if sandbox is None or sandbox.status.state is not SandboxState.READY:
+    if sandbox is None:
         raise FailedPrecondition(
-            f"sandbox {container.metadata.sandbox_id} of container {container.id} is not ready"
+            f"sandbox {container.metadata.sandbox_id} of container {container.id} is gone"
         )
+    sandbox.check_open()
     config = container.metadata.config
     client = rt.containerd
-    io = await ContainerIO.create(
-        container_id=container.id,
-        fifo_dir=str(rt.paths.container_io_dir(container.id)),
-        stdin=config.stdin,
-        tty=config.tty,
-        log_path=container.metadata.log_path,
-        max_line_size=rt.config.max_container_log_line_size,
-    )
+    try:
+        io = await ContainerIO.create(
+            container_id=container.id,
+            fifo_dir=str(rt.paths.container_io_dir(container.id)),
+            stdin=config.stdin,
+            tty=config.tty,
+            log_path=container.metadata.log_path,
+            log_dir=sandbox.metadata.config.log_directory,
+            max_line_size=rt.config.max_container_log_line_size,
+        )
+    except OSError as err:  # the log file's place became a link, a file, or went away
+        raise FailedPrecondition(
+            f"container {container.id}: cannot open its log {container.metadata.log_path}: "
+            f"{err.strerror or err}"
+        ) from None
     container.io = io
     mounts = await client.snapshots.mounts(rt.config.snapshotter, container.id)
     await client.tasks.create(

@@ -9,6 +9,8 @@ teardown (which runs after the exit is recorded) never holds it up.
 - timeout 0: SIGKILL at once.
 - After SIGKILL the call waits until the exit is recorded or the request's deadline ends
   (grpc cancels the handler; the container then keeps running, as kubelet expects).
+- A Start under way is waited for first (``start_settled``), so a Stop right after a Start
+  stops the container it started instead of returning while it comes up RUNNING.
 - CREATED, EXITED and unknown IDs: success without signals (idempotent).
 - UNKNOWN (after recovery) gets a monitor first, so the kill is recorded.
 """
@@ -63,6 +65,7 @@ async def _kill(rt: RuntimeContext, container: Container, signum: int) -> None:
 async def stop_container(
     rt: RuntimeContext, container: Container, *, timeout: float, bounded: bool = True
 ) -> None:
+    await container.start_settled.wait()  # Stop wins over a Start in flight
     state = container.status.state
     if state not in (api_pb2.CONTAINER_RUNNING, api_pb2.CONTAINER_UNKNOWN):
         return

@@ -30,6 +30,7 @@ from pycri.security.apparmor import AppArmor
 from pycri.security.node import NodeSecurity
 from pycri.security.seccomp import SeccompSettings
 from pycri.service.faults import Faults
+from pycri.service.undo import UndoJournal
 from pycri.store.container import ContainerStore
 from pycri.store.names import NameIndex
 from pycri.store.sandbox import SandboxStore
@@ -73,3 +74,5 @@ class RuntimeContext:
     streams: StreamServer
     faults: Faults
     metrics: Metrics
+    # half-made objects of failed creates, undone for sure (service/undo.py)
+    undo: UndoJournal

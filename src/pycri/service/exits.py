@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from pycri.cgroups import cgroups_path, oom_kill_count
+from pycri.cgroups import oom_kill_count
 from pycri.containerd.errors import NotFoundError
 from pycri.events.types import Event, Kind, TaskExit, TaskOOM
 from pycri.metrics import Metrics
@@ -119,7 +119,7 @@ class ExitHandler:
         if event.exit_status == 137 and not container.status.finished_at:
             sandbox = self._sandboxes.find(container.metadata.sandbox_id)
             if sandbox is not None:
-                path = cgroups_path(sandbox.metadata.config.linux.cgroup_parent, container.id)
+                path = sandbox.metadata.cgroups_path(container.id)
                 oom = await asyncio.to_thread(oom_kill_count, path) > 0
         try:
             if self._faults.should_fail(container.id, labels, FAULT_PERSIST_FAIL):

@@ -7,7 +7,10 @@ labelled ``pycri.faults/...`` gets, in its exit handling:
   attempt: every attempt inside the window hangs until the window closes (or the handling
   timeout cuts it off and a retry comes back later), as a shim that does not answer would;
 - ``delete-fail-times: N`` — its first N task deletes fail;
-- ``persist-fail-times: N`` — its first N status writes of the exit fail.
+- ``persist-fail-times: N`` — its first N status writes of the exit fail;
+- ``rollback-fail-times: N`` — when its create fails, the first N undo steps of the
+  rollback fail (as they would with containerd down), leaving the half-made object to the
+  undo journal (``service/undo.py``).
 
 The counts and windows are in memory: a restart of pycri resets them.
 """
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 FAULT_DELETE_DELAY = "pycri.faults/delete-delay-seconds"
 FAULT_DELETE_FAIL = "pycri.faults/delete-fail-times"
 FAULT_PERSIST_FAIL = "pycri.faults/persist-fail-times"
+FAULT_ROLLBACK_FAIL = "pycri.faults/rollback-fail-times"
 
 
 class InjectedFault(RuntimeError):

@@ -7,15 +7,18 @@ records are pycri's and of which kind; recovery lists by them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from pycri.cgroups import remove_cgroup
 from pycri.containerd import client as containerd_client
 from pycri.containerd.client import record_extension
 from pycri.containerd.errors import ContainerdError, NotFoundError
+from pycri.containerd.shims import kill_shims
 from pycri.containerd.types import Extension
 from pycri.events.types import Kind
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LEASE_EXPIRY_S = 3600
+LEASE_PREFIX = "pycri-create-"
 
 KIND_LABEL = "io.pycri.kind"  # its value: a ``Kind`` ("sandbox" or "container")
 SANDBOX_ID_LABEL = "io.pycri.sandbox-id"
@@ -90,8 +94,9 @@ async def create_record(
     """
     client = rt.containerd
     snapshotter = rt.config.snapshotter
+    undo.push("remove snapshot", lambda: remove_snapshot(rt, object_id))
     lease = await client.leases.create(
-        f"pycri-create-{object_id}",
+        lease_id(object_id),
         labels={
             "containerd.io/gc.expire": time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + LEASE_EXPIRY_S)
@@ -100,9 +105,9 @@ async def create_record(
     )
     try:
         mounts = await client.snapshots.prepare(snapshotter, object_id, image.chain_id, lease=lease)
-        undo.push("remove snapshot", lambda: remove_snapshot(rt, object_id))
         if callable(spec):  # the spec may depend on the rootfs (user lookup)
             spec = await spec(mounts)
+        undo.push("delete containerd container", lambda: delete_record(rt, object_id))
         await client.containers.create(
             container_id=object_id,
             image=image.repo_tags[0] if image.repo_tags else image.id,
@@ -116,10 +121,23 @@ async def create_record(
             lease=lease,
             timeout=30,
         )
-        undo.push("delete containerd container", lambda: delete_record(rt, object_id))
-    finally:
-        await client.leases.delete(lease)
+    except BaseException:
+        # Keep the original error: a lease that cannot be deleted now (containerd gone) is
+        # deleted by the undo journal, or expires.
+        try:
+            await client.leases.delete(lease)
+        except ContainerdError as err:
+            log.warning(
+                "could not delete a create lease", extra={"lease": lease, "error": str(err)}
+            )
+        raise
+    await client.leases.delete(lease)
     return mounts
+
+
+def lease_id(object_id: str) -> str:
+    """The lease a create of ``object_id`` holds while it makes the snapshot and record."""
+    return f"{LEASE_PREFIX}{object_id}"
 
 
 async def update_metadata(rt: RuntimeContext, object_id: str, metadata: bytes) -> None:
@@ -145,9 +163,40 @@ async def delete_record(rt: RuntimeContext, object_id: str) -> None:
     await remove_snapshot(rt, object_id)
 
 
-async def kill_and_delete_task(rt: RuntimeContext, object_id: str) -> None:
-    """Kill a task and delete it (rollback and forced cleanup paths); idempotent."""
-    tasks = rt.containerd.tasks
+async def remove_cgroup_of(path: str) -> None:
+    """Remove a deleted task's cgroup if runc could not (its shim died); failures are logged:
+    the container is gone either way, and ``pycri check --orphans`` lists what is left."""
+    try:
+        await asyncio.to_thread(remove_cgroup, path)
+    except OSError as err:
+        log.error("could not remove a cgroup", extra={"cgroup": path, "error": str(err)})
+
+
+async def kill_and_delete_task(
+    rt: RuntimeContext, object_id: str, *, stray_shim: bool = False
+) -> None:
+    """Kill a task and delete it (rollback and forced cleanup paths); idempotent.
+
+    ``stray_shim`` (a sandbox's task: its shim is named by its ID): then kill a shim still
+    running under that ID, one containerd died before it recorded (``containerd/shims.py``).
+    """
+    await force_delete_task(rt.containerd, object_id)
+    if stray_shim:
+        await kill_stray_shim(rt.containerd, object_id)
+
+
+async def kill_stray_shim(client: containerd_client.ContainerdClient, object_id: str) -> None:
+    killed = await asyncio.to_thread(kill_shims, client.address, object_id)
+    if killed:
+        log.warning(
+            "killed a shim containerd did not know",
+            extra={"id": object_id, "pids": ",".join(map(str, killed))},
+        )
+
+
+async def force_delete_task(client: containerd_client.ContainerdClient, object_id: str) -> None:
+    """``kill_and_delete_task`` with a client alone (the undo journal, gc)."""
+    tasks = client.tasks
     try:
         await tasks.kill(object_id, 9, all=True, timeout=10)
     except NotFoundError:

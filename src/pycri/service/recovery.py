@@ -24,6 +24,12 @@ gone is re-pinned from its pause process, and its CNI attachment CHECKed in the 
 StopPodSandbox still runs CNI DEL (with an empty CNI_NETNS) when CNI set it up. A missing
 or corrupt checkpoint or metadata never stops the start: it is logged, and the object
 rebuilt or skipped.
+
+Half-made objects (an intent in the undo journal, ``service/undo.py``: a create that never
+completed, or whose rollback failed) are never loaded: their records are skipped, their
+names stay free, and their cleanup is handed to the journal once everything else is in
+place. An object's directory is (re)made before its checkpoint is rewritten, since the
+checkpoint writer never creates one.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ async def _load_sandbox(rt: RuntimeContext, record: Record) -> Sandbox | None:
         )
         return None
     status_path = rt.paths.sandbox_status(metadata.id)
+    await asyncio.to_thread(status_path.parent.mkdir, parents=True, exist_ok=True)
     try:
         persisted = await checkpoint.read(status_path)
     except checkpoint.CheckpointError:
@@ -206,11 +213,9 @@ async def _load_container(
                 status = status.replace(started_at=status.created_at)
         else:
             status = status.replace(unknown=True)
-    container = Container(
-        metadata=metadata,
-        status=ContainerStatus(),
-        status_path=rt.paths.container_status(metadata.id),
-    )
+    status_path = rt.paths.container_status(metadata.id)
+    await asyncio.to_thread(status_path.parent.mkdir, parents=True, exist_ok=True)
+    container = Container(metadata=metadata, status=ContainerStatus(), status_path=status_path)
     await container.restore(status)  # re-written checkpoint, exited event set
     return container, process
 
@@ -222,11 +227,13 @@ async def _attach_io(rt: RuntimeContext, container: Container, process: TaskInfo
         stderr=process.stderr,
         terminal=process.terminal,
     )
+    sandbox = rt.sandboxes.find(container.metadata.sandbox_id)
     try:
         container.io = await ContainerIO.reattach(
             container_id=container.id,
             paths=paths,
             log_path=container.metadata.log_path,
+            log_dir=sandbox.metadata.config.log_directory if sandbox is not None else "",
             max_line_size=rt.config.max_container_log_line_size,
         )
     except OSError as err:
@@ -239,18 +246,28 @@ async def _attach_io(rt: RuntimeContext, container: Container, process: TaskInfo
 async def recover(rt: RuntimeContext) -> None:
     started = time.monotonic()
     client = rt.containerd
-    sandbox_records = await client.containers.list(
-        [f'labels."{records.KIND_LABEL}"=={Kind.SANDBOX.value}'], timeout=60
-    )
+    half_made = await rt.undo.pending()
+    skip = {intent.object_id for intent in half_made}
+    sandbox_records = [
+        r
+        for r in await client.containers.list(
+            [f'labels."{records.KIND_LABEL}"=={Kind.SANDBOX.value}'], timeout=60
+        )
+        if r.id not in skip
+    ]
     sandboxes = await asyncio.gather(*(_load_sandbox(rt, r) for r in sandbox_records))
     for sandbox in sandboxes:
         if sandbox is None:
             continue
         rt.sandboxes.add(sandbox)
         rt.sandbox_names.reserve(sandbox.metadata.name, sandbox.id)
-    container_records = await client.containers.list(
-        [f'labels."{records.KIND_LABEL}"=={Kind.CONTAINER.value}'], timeout=60
-    )
+    container_records = [
+        r
+        for r in await client.containers.list(
+            [f'labels."{records.KIND_LABEL}"=={Kind.CONTAINER.value}'], timeout=60
+        )
+        if r.id not in skip
+    ]
     loaded = await asyncio.gather(*(_load_container(rt, r) for r in container_records))
     pending_exits: list[TaskExit] = []
     for item in loaded:
@@ -282,12 +299,14 @@ async def recover(rt: RuntimeContext) -> None:
                 rt.network.check_later(sandbox.metadata)  # CNI CHECK, logged only
     await asyncio.gather(*(rt.dispatcher.submit(e.object_id, e) for e in pending_exits))
     await asyncio.to_thread(_remove_orphan_dirs, rt)
+    rt.undo.resume(half_made)
     log.info(
         "recovered state from containerd",
         extra={
             "sandboxes": len(rt.sandboxes),
             "containers": len(rt.containers),
             "exits_handled": len(pending_exits),
+            "half_made": len(half_made),
             "duration_ms": round((time.monotonic() - started) * 1e3),
         },
     )

@@ -1,6 +1,8 @@
 """RemovePodSandbox: stop the pod (forced), remove its containers, then the sandbox itself.
 
-Idempotent: an unknown ID is a success. Order matters for crash safety: containers first,
+Idempotent: an unknown ID is a success. The pod is closed first (inside ``stop_sandbox``:
+no new container can be created or started in it, and creates under way are waited for),
+so the containers removed here are all it has. Order matters for crash safety: containers first,
 then the sandbox's files, its task and containerd record, and last the in-memory entry and
 its name, so a crash midway leaves a sandbox that a repeated Remove (or recovery) finishes.
 A pod network whose CNI DEL keeps failing blocks removal only for a few calls
@@ -32,8 +34,10 @@ async def remove_pod_sandbox(
         return api_pb2.RemovePodSandboxResponse()
     await stop_sandbox(rt, sandbox)
     await asyncio.gather(*(remove_container(rt, c) for c in rt.containers.in_sandbox(sandbox.id)))
-    await records.kill_and_delete_task(rt, sandbox.id)
+    await records.kill_and_delete_task(rt, sandbox.id, stray_shim=True)
+    await records.remove_cgroup_of(sandbox.metadata.cgroups_path(sandbox.id))
     await records.delete_record(rt, sandbox.id)
+    await sandbox.retire(f"sandbox {sandbox.id}")  # no late write re-creates its directory
     await remove_sandbox_files(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
     rt.events.emit(sandbox.id, DELETED)  # while its status can still be read
     rt.sandboxes.remove(sandbox.id)

@@ -14,12 +14,18 @@ may leak and goes on (kubelet removes a sandbox only after its StopPodSandbox su
 so Stop must give up too), so a broken plugin never blocks removal forever. The count is
 in the sandbox's status checkpoint, so it survives a restart of pycri. The sandbox's
 ``stopping`` lock serializes all of it per sandbox; different sandboxes tear down in parallel.
+
+First of all the pod is closed (``Sandbox.begin_closing``): no container may be created or
+started in it any more, and the creates already under way are waited for (they roll back
+when they see the fence), so the containers stopped here are all the pod will ever have.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from cri_api.v1 import api_pb2
 
@@ -39,6 +45,7 @@ GIVE_UP_AFTER = 3  # failed network teardown calls, after which Stop/Remove proc
 
 async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
     async with sandbox.stopping:
+        await close_sandbox(sandbox)
         await asyncio.gather(
             *(stop_container(rt, c, timeout=0) for c in rt.containers.in_sandbox(sandbox.id))
         )
@@ -50,15 +57,28 @@ async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
                 await rt.containerd.tasks.kill(sandbox.id, 9, all=True, timeout=10)
             except NotFoundError:
                 pass  # already gone: the monitor records it as exited
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await sandbox.exited.wait()
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"sandbox {sandbox.id}: pause task exit not recorded within {STOP_TIMEOUT}s"
-                ) from None
+            await _within_stop_timeout(
+                sandbox.exited.wait(), f"sandbox {sandbox.id}: pause task exit not recorded"
+            )
         await teardown_network(rt, sandbox)
     log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
+
+
+async def close_sandbox(sandbox: Sandbox) -> None:
+    """Fence new creates and starts, then wait for the creates under way to end."""
+    if not sandbox.status.closing:
+        await sandbox.begin_closing()
+    await _within_stop_timeout(
+        sandbox.creates.wait_idle(), f"sandbox {sandbox.id}: container creates still under way"
+    )
+
+
+async def _within_stop_timeout(waiting: Coroutine[Any, Any, object], what: str) -> None:
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await waiting
+    except TimeoutError:
+        raise DeadlineExceeded(f"{what} after {STOP_TIMEOUT}s") from None
 
 
 async def teardown_network(rt: RuntimeContext, sandbox: Sandbox) -> None:

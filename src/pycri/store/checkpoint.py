@@ -5,6 +5,10 @@ one, and the directory is fsynced: after a crash at any point the file holds eit
 or the new document, never a torn one. Writes run in a worker thread so a slow disk stalls
 only the caller, never the event loop. Each document carries ``version``; an unknown version
 is a load error (the caller rebuilds the status from containerd and logs it).
+
+A write never creates directories: the object's directory is made when the object is
+(CreateContainer, RunPodSandbox, recovery), so a late write for an object whose directory
+removal already deleted fails instead of bringing the directory back.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ class CheckpointError(Exception):
 
 
 def write_sync(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically replace ``path``; FileNotFoundError when its directory does not exist."""
     data = json.dumps({"version": CHECKPOINT_VERSION, **document}, sort_keys=True).encode()
     replace_file(path, data)
 
@@ -70,3 +74,16 @@ async def write(path: Path, document: dict[str, Any]) -> None:
 
 async def read(path: Path) -> dict[str, Any]:
     return await asyncio.to_thread(read_sync, path)
+
+
+def remove_sync(path: Path) -> None:
+    """Unlink ``path`` (missing is fine) and fsync its directory, so the removal is durable."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

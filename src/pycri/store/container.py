@@ -13,7 +13,10 @@ below, and every transition is one ``Transactional.update``):
 Fences: ``begin_start``/``end_start`` and ``begin_remove``/``end_remove`` set the in-memory
 ``starting`` and ``removing`` flags (never persisted). They check and set under the same
 lock as every persisted change, so a fence set during a checkpoint write is never lost and
-two Starts (or a Start and a Remove) can never both pass.
+two Starts (or a Start and a Remove) can never both pass. ``start_settled`` is set whenever
+no Start is under way: a Stop (or Remove) that arrives during a Start waits on it and then
+acts on the state the Start left (so a Stop right after a Start wins: the container ends
+stopped, never RUNNING).
 
 The first recorded exit wins: ``record_exit`` on an EXITED container changes nothing but the
 UNKNOWN flag, so a retried or doubly reported exit is harmless.
@@ -179,6 +182,8 @@ class Container(Transactional[ContainerStatus]):
         # Set once the exit is recorded (or the container is known EXITED at load):
         # StopContainer waits on it; it is never cleared.
         self.exited = asyncio.Event()
+        # Set while no Start is under way (``starting`` is false); Stop waits on it.
+        self.start_settled = asyncio.Event()
         self._published(status)
         # The stop signal is sent once per container lifetime (kubelet's grace period must
         # not restart with every repeated StopContainer).
@@ -192,6 +197,10 @@ class Container(Transactional[ContainerStatus]):
     def _published(self, status: ContainerStatus) -> None:
         if status.state == api_pb2.CONTAINER_EXITED:
             self.exited.set()
+        if status.starting:
+            self.start_settled.clear()
+        else:
+            self.start_settled.set()
 
     # ---------------------------------------------------------------- fences
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from pycri.errors import InvalidArgument, NotFound
+from pycri.errors import InvalidArgument, NotFound, quote
+
+ID_LENGTH = 64  # no prefix longer than a full ID can match
 
 T = TypeVar("T")
 
@@ -33,15 +35,17 @@ class IdIndex(Generic[T]):
         item = self._items.get(id_or_prefix)
         if item is not None:
             return item
+        if len(id_or_prefix) >= ID_LENGTH:
+            return None
         matches = [k for k in self._items if k.startswith(id_or_prefix)]
         if len(matches) > 1:
-            raise InvalidArgument(f"{self.kind} ID prefix {id_or_prefix!r} is ambiguous")
+            raise InvalidArgument(f"{self.kind} ID prefix {quote(id_or_prefix)} is ambiguous")
         return self._items[matches[0]] if matches else None
 
     def get(self, id_or_prefix: str) -> T:
         item = self.find(id_or_prefix)
         if item is None:
-            raise NotFound(f"{self.kind} {id_or_prefix!r} not found")
+            raise NotFound(f"{self.kind} {quote(id_or_prefix)} not found")
         return item
 
     def __iter__(self) -> Iterator[T]:

@@ -14,6 +14,13 @@ how often it failed (``record_teardown_failure``), so Stop and Remove know what 
 ``record_resources`` keeps the pod-level resources UpdatePodSandboxResources applied (in
 its OCI ``linux.resources`` form), whatever the state.
 
+Closing: ``begin_closing`` (StopPodSandbox, RemovePodSandbox) fences the pod for good: no
+container may be created or started in it from then on. A CreateContainer that passed the
+check before holds the pod's ``creates`` count for its whole run and checks the fence once
+more before it commits (and rolls back if it is set); Stop and Remove wait until the count
+is zero, so the containers they then read are all there will ever be (no create in flight
+can leave a container behind in a removed pod).
+
 What is persisted (``ROOT/sandboxes/<id>/status``): the exit, the network teardown
 progress and the applied resources. The state itself is not: it is derived from the pause
 task at recovery, which is the truth after any crash; the checkpoint lets a restarted pycri
@@ -33,8 +40,34 @@ from typing import Any
 from cri_api.v1 import api_pb2
 from google.protobuf import json_format
 
+from pycri.cgroups import cgroups_path
+from pycri.errors import FailedPrecondition
 from pycri.store.store import Store
 from pycri.store.transaction import Transactional
+
+
+class InFlight:
+    """A count of operations under way, and a way to wait until there are none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def enter(self) -> None:
+        self._count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
 class SandboxState(enum.Enum):
@@ -63,6 +96,9 @@ class SandboxMetadata:
     # the CNI network config list the pod was set up with (written before ADD, so DEL can
     # run with it after any crash); None: no CNI (host network or no config)
     cni_network: dict[str, Any] | None = None
+    # the cgroup parent its cgroups are under: the config's, else the daemon's default at
+    # creation (empty in metadata of older versions: the old default, /pycri)
+    cgroup_parent: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +113,7 @@ class SandboxMetadata:
             "additional_ips": list(self.additional_ips),
             "cni_result": self.cni_result,
             "cni_network": self.cni_network,
+            "cgroup_parent": self.cgroup_parent,
         }
 
     @classmethod
@@ -95,10 +132,15 @@ class SandboxMetadata:
             additional_ips=tuple(doc.get("additional_ips") or ()),
             cni_result=doc.get("cni_result"),
             cni_network=doc.get("cni_network"),
+            cgroup_parent=doc.get("cgroup_parent", ""),
         )
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True).encode()
+
+    def cgroups_path(self, object_id: str) -> str:
+        """The cgroup of the pod's pause container (its ID) or of one of its containers."""
+        return cgroups_path(self.cgroup_parent, object_id)
 
     @property
     def host_network(self) -> bool:
@@ -126,6 +168,8 @@ class SandboxStatus:
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     # not persisted (found at recovery): the netns pin was gone, so the IP is no longer valid
     netns_missing: bool = False
+    # not persisted: Stop or Remove began; no container may be created or started in it
+    closing: bool = False
 
     def persisted(self) -> dict[str, Any]:
         return {
@@ -161,6 +205,7 @@ class Sandbox(Transactional[SandboxStatus]):
         self.exited = asyncio.Event()  # set once the pause task's exit is recorded
         self._published(status)
         self.stopping = asyncio.Lock()  # serializes Stop/Remove of one sandbox
+        self.creates = InFlight()  # CreateContainer calls under way in this pod
 
     @property
     def id(self) -> str:
@@ -185,6 +230,18 @@ class Sandbox(Transactional[SandboxStatus]):
 
         await self.update(change)
         return recorded
+
+    async def begin_closing(self) -> None:
+        """Stop or Remove began: fence new creates and starts (for good)."""
+        await self.update(lambda s: s.replace(closing=True))
+
+    def check_open(self) -> None:
+        """FailedPrecondition unless containers may be created or started in the pod now."""
+        status = self.status
+        if status.closing:
+            raise FailedPrecondition(f"sandbox {self.id} is being stopped or removed")
+        if status.state is not SandboxState.READY:
+            raise FailedPrecondition(f"sandbox {self.id} is not ready")
 
     async def record_network_torn_down(self) -> None:
         await self.update(lambda s: s.replace(network_torn_down=True))

@@ -21,6 +21,13 @@ call of an RPC.
 
 A failed write raises and leaves the published status as it was (the caller retries: exit
 handling goes to its backoff queue).
+
+Removal and late writes: ``retire()`` is the last transaction of an object whose removal
+is about to delete its directory. From then on a change that would write the checkpoint
+raises ``Retired`` (a FailedPrecondition: "being removed") and changes nothing, so a late
+exit-handler retry, an OOM event or an UpdateContainerResources that started before the
+removal can never re-create ``ROOT/containers/<id>/`` (nor a sandbox's directory); changes
+of in-memory fields still apply. The checkpoint writer never creates directories either.
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from pycri.errors import FailedPrecondition
 from pycri.store import checkpoint
+
+
+class Retired(FailedPrecondition):
+    """A persisted change of an object whose removal has begun deleting its files."""
 
 
 class Persistable(Protocol):
@@ -49,6 +61,7 @@ class Transactional(Generic[S]):
         self._status = status
         self.status_path = status_path
         self._lock = asyncio.Lock()
+        self._retired = ""  # what the object is, once its removal deletes its files
 
     @property
     def status(self) -> S:
@@ -60,10 +73,20 @@ class Transactional(Generic[S]):
             old = self._status
             new = change(old)
             if self.status_path is not None and new.persisted() != old.persisted():
+                if self._retired:
+                    raise Retired(f"{self._retired} is being removed")
                 await checkpoint.write(self.status_path, new.persisted())
             self._status = new
             self._published(new)
             return new
+
+    async def retire(self, what: str) -> None:
+        """The removal deletes the files now: no persisted change is accepted any more.
+
+        Under the lock, so a write in progress ends before the caller deletes anything.
+        """
+        async with self._lock:
+            self._retired = what
 
     def _published(self, status: S) -> None:
         """Hook for subclasses: runs once ``status`` is visible (under the lock)."""
