@@ -183,6 +183,16 @@ def cgroup_dirs_below(parent: str) -> list[Path]:
 
 
 def remove_cgroup_tree(parent: str) -> None:
+    """Remove a test daemon's cgroup tree; processes left in it (a test that failed before
+    removing its pods: the shims are gone, their pause and app processes live on) are the
+    daemon's own and are killed first."""
+    for top in cgroup_dirs(parent):
+        for directory in [top, *cgroup_dirs_below_one(top)]:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (directory / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.2)
     for top in cgroup_dirs(parent):
         for directory in sorted(cgroup_dirs_below_one(top), reverse=True):
             with contextlib.suppress(OSError):

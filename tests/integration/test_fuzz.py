@@ -123,6 +123,7 @@ class World:
             f"{b}/hosts/new/deep",
             f"{b}/file",
             f"{b}/file/sub",
+            f"{b}/checkpoint.tar",
             f"{b}/../escape",
             "/proc/sys",
             "/",
@@ -188,7 +189,7 @@ def _cgroup_parents() -> st.SearchStrategy[str]:
 
 
 def _string_for(name: str) -> st.SearchStrategy[str]:
-    if name in ("log_directory", "host_path"):
+    if name in ("log_directory", "host_path", "location"):
         return st.builds(lambda i: world().paths()[i % len(world().paths())], st.integers(0, 99))
     if name == "log_path":
         return LOG_PATHS
@@ -388,6 +389,8 @@ def _acceptable(path: str, code: grpc.StatusCode, details: str) -> bool:
         return details.startswith("containerd ") or name == "ExecSync"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return name in MAY_WAIT
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return name == "PullImage" and "unreachable" in details  # no registry from here
     return False
 
 
@@ -434,14 +437,19 @@ def _requested_paths(sent: list[tuple[str, bytes]]) -> tuple[set[str], set[str]]
     cgroups: set[str] = set()
     for path, body in sent:
         name = path.rsplit("/", 1)[1]
-        cls = {"RunPodSandbox": api_pb2.RunPodSandboxRequest}.get(name) or (
-            api_pb2.CreateContainerRequest if name == "CreateContainer" else None
-        )
+        cls = {
+            "RunPodSandbox": api_pb2.RunPodSandboxRequest,
+            "CreateContainer": api_pb2.CreateContainerRequest,
+            "CheckpointContainer": api_pb2.CheckpointContainerRequest,
+        }.get(name)
         if cls is None:
             continue
         try:
             msg = cls.FromString(body)
         except DecodeError:
+            continue
+        if isinstance(msg, api_pb2.CheckpointContainerRequest):
+            named.add(os.path.normpath(msg.location or "/nothing"))
             continue
         config = msg.config
         if isinstance(msg, api_pb2.RunPodSandboxRequest):
