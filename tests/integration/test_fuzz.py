@@ -261,7 +261,10 @@ def _set(draw: st.DrawFn, msg: Message, f: FieldDescriptor, depth: int) -> None:
                 target.extend(draw(COMMANDS))
                 return
             else:
-                target.append(draw(_scalar(f)))
+                try:
+                    target.append(draw(_scalar(f)))
+                except (ValueError, TypeError):
+                    pass  # a value the field cannot hold (an int out of its range)
         return
     if f.message_type is not None:
         if depth < 4:

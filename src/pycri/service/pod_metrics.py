@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2
 
-from pycri.cgroups import CgroupCounters, cgroups_path, read_counters
+from pycri.cgroups import CgroupCounters, read_counters
 from pycri.containerd.errors import ContainerdError
 from pycri.images.fs_usage import measure
 from pycri.net.counters import InterfaceCounters, pod_interfaces
@@ -372,11 +372,10 @@ def _plan(rt: RuntimeContext) -> list[_PodTarget]:
     for sandbox in rt.sandboxes.all():
         if sandbox.status.state is not SandboxState.READY:
             continue
-        parent = sandbox.metadata.config.linux.cgroup_parent
         containers = tuple(
             _ContainerTarget(
                 container=c,
-                cgroup=cgroups_path(parent, c.id),
+                cgroup=sandbox.metadata.cgroups_path(c.id),
                 upper_dir=_upper_dirs.get(c.id, ""),
             )
             for c in rt.containers.in_sandbox(sandbox.id)

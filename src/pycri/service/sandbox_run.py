@@ -21,12 +21,13 @@ after that, so an instant exit is always found by the handler.
 
 Networking (``pycri.net.manager``): with no CNI config at all the pod runs in its own
 namespace with only loopback (degraded mode; Status says NetworkReady=false); an invalid
-config refuses the pod. The network config is in the record before ADD runs and the
-result right after, so a pycri killed anywhere in between leaves a record from which
-StopPodSandbox runs DEL (no IP leaks). A failed ADD rolls back with DEL (the plugins before
-the failing one made things) and then the netns; the error is the plugin's. If that DEL
-fails too, the rollback halts (``Rollback`` critical step): the sandbox is kept NOTREADY
-with its record, netns and name, for kubelet's StopPodSandbox/RemovePodSandbox to retry.
+config refuses the pod. The network config is in the record before ADD runs and the result
+right after, so a pycri killed anywhere in between leaves a record from which the undo
+journal, at the next start, runs DEL (no IP leaks; the half-made pod is never loaded). A
+failed ADD rolls back with DEL (the plugins before the failing one made things) and then the
+netns; the error is the plugin's. If that DEL fails too, the rollback halts (``Rollback``
+critical step): the sandbox is kept NOTREADY with its record, netns and name, for kubelet's
+StopPodSandbox/RemovePodSandbox to retry.
 """
 
 from __future__ import annotations

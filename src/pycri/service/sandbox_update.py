@@ -44,7 +44,7 @@ def pod_cgroup(rt: RuntimeContext, sandbox: Sandbox) -> str:
     """The pod's own cgroup; FailedPrecondition when it has none of its own."""
     parent = sandbox.metadata.config.linux.cgroup_parent
     normalized = _normalized(parent)
-    if not normalized or normalized in ("/", DEFAULT_PARENT):
+    if not normalized or normalized in ("/", DEFAULT_PARENT, _normalized(rt.config.cgroup_parent)):
         raise FailedPrecondition(
             f"sandbox {sandbox.id} has no cgroup of its own (cgroup_parent "
             f"{parent or '(none)'!r}): other pods share it, so a pod-level resize cannot apply"
