@@ -24,8 +24,9 @@ to nobody. So every create is journaled:
    objects are never loaded, listed or given their names back; their cleanup is submitted
    once the daemon runs (``resume``). A crash anywhere, even in the middle of a rollback,
    therefore ends with the object gone.
-5. **Out of process**, ``pycri check --orphans`` lists intents older than a minute as
-   half-made objects and ``pycri gc`` runs the same ``Cleanup`` for them.
+5. **Out of process**, ``pycri check --orphans`` lists intents as half-made objects (while a
+   daemon holds the state lock, only those older than a minute: younger ones may be creates
+   in flight) and ``pycri gc`` runs the same ``Cleanup`` for them.
 
 Cleanup of one ID (every step idempotent; the first failure ends the attempt, since later
 steps may need what earlier ones remove: containerd refuses to delete a record whose task
@@ -229,9 +230,6 @@ class UndoJournal:
     def __len__(self) -> int:
         """Half-made objects whose undo is still being retried."""
         return len(self._unfinished)
-
-    def unfinished(self) -> frozenset[str]:
-        return frozenset(self._unfinished)
 
     # ---------------------------------------------------------------- creates
 
