@@ -113,6 +113,8 @@ class Config:
     stream_idle_timeout: int = 14400
     # streams open at once; beyond it clients get 429 and retry
     stream_max_concurrent: int = 128
+    # ExecSync calls running at once (each may hold up to 16 MiB of output); more wait
+    max_concurrent_exec_sync: int = 32
     # cgroup (cgroupfs driver) under which pods whose config names no cgroup_parent are put;
     # give each daemon on a node its own
     cgroup_parent: str = "/pycri"
@@ -205,7 +207,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "config keys 'stream_tls_cert_file' and 'stream_tls_key_file' go together"
         )
-    for key in ("stream_idle_timeout", "stream_max_concurrent"):
+    for key in ("stream_idle_timeout", "stream_max_concurrent", "max_concurrent_exec_sync"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be positive")
     for host, mirrors in config.registry.mirrors.items():

@@ -142,6 +142,7 @@ def build_runtime(
         dispatcher=dispatcher,
         events=events,
         streams=streams,
+        exec_sync_slots=asyncio.Semaphore(config.max_concurrent_exec_sync),
         faults=faults,
         metrics=metrics,
         undo=UndoJournal(

@@ -16,9 +16,8 @@ encodings. Properties:
   entry appears in ``/``, ``/etc`` or ``/var`` that no request named, and no cgroup appears
   outside the daemon's own parent.
 
-Known gaps tolerated (the streaming rework owns exec): ExecSync may answer UNKNOWN (an
-empty ``cmd [""]``, an exec racing its container's exit: "cannot exec in a stopped state")
-and may run into the deadline (an ExecSync whose client gives up is not cleaned up yet).
+ExecSync, like the other waiting RPCs, may run into the call's deadline (its command may
+run longer); its process is then killed and deleted.
 The fuzz stays within about a minute: ``EXAMPLES`` batches of up to ``BATCH`` requests.
 """
 
@@ -388,8 +387,8 @@ def _acceptable(path: str, code: grpc.StatusCode, details: str) -> bool:
     if code in TYPED:
         return True
     if code == grpc.StatusCode.UNKNOWN:
-        # containerd's or runc's own error, passed on with its code; ExecSync: known gap
-        return details.startswith("containerd ") or name == "ExecSync"
+        # containerd's or runc's own error, passed on with its code
+        return details.startswith("containerd ")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return name in MAY_WAIT
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2
+from cri_api.v1 import api_pb2, api_pb2_grpc
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -421,3 +421,56 @@ async def test_a_refused_port_is_reported_on_its_error_stream(cri: CRI, target: 
                 assert (echoed, message) == (b"ping", b"")
     finally:
         await upgraded.aclose()
+
+
+async def test_exec_sync_answer_fits_kubelets_limit_and_says_what_it_dropped(
+    daemon: Daemon, target: Target
+) -> None:
+    _, _, cid = target
+    # kubelet's CRI client takes messages of up to 16 MiB
+    kubelet_like = grpc.aio.insecure_channel(
+        f"unix://{daemon.socket}", options=[("grpc.max_receive_message_length", 16 << 20)]
+    )
+    try:
+        resp = await api_pb2_grpc.RuntimeServiceStub(kubelet_like).ExecSync(
+            api_pb2.ExecSyncRequest(
+                container_id=cid,
+                cmd=["sh", "-c", "head -c 17000000 /dev/zero; head -c 1000000 /dev/zero >&2"],
+                timeout=60,
+            ),
+            timeout=90,
+        )
+    finally:
+        await kubelet_like.close()
+    assert resp.exit_code == 0
+    assert resp.ByteSize() < 16 * 1024 * 1024  # kubelet's max message size
+    assert b"[pycri: output over" in resp.stderr and b"bytes of stderr]" in resp.stderr
+
+
+async def test_exec_sync_refusals_are_typed_around_an_exit(
+    cri: CRI, pod: tuple[str, api_pb2.PodSandboxConfig]
+) -> None:
+    pod_id, pod_cfg = pod
+    for cmd in ([""], ["a\0b"]):
+        st = await _code(
+            cri.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id="x" * 64, cmd=cmd))
+        )
+        assert st == grpc.StatusCode.NOT_FOUND  # the container first: it does not exist
+    cid = await start(cri, pod_id, pod_cfg, container_config("brief", "sleep 0.5"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cri.runtime.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=[""]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    codes: set[grpc.StatusCode] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # ExecSync as the container exits, and just after
+        try:
+            await cri.runtime.ExecSync(
+                api_pb2.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5)
+            )
+            codes.add(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as failed:
+            codes.add(failed.code())
+            if failed.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                break
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}, codes
+    assert grpc.StatusCode.FAILED_PRECONDITION in codes

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pycri.cio.container_io import (
+    MAX_EXEC_OUTPUT_BYTES,
     Attachment,
     ContainerIO,
     ContainerIOClosedError,
@@ -428,7 +429,7 @@ async def test_exec_collects_stdout_and_stderr(tmp_path: Path) -> None:
     assert not (tmp_path / "exec").exists()
 
 
-async def test_exec_output_is_capped_at_16_mib(tmp_path: Path) -> None:
+async def test_exec_output_stays_under_kubelets_16_mib_message(tmp_path: Path) -> None:
     exec_io = await new_exec_io(tmp_path)
     process = await spawn_shim_like(
         exec_io.paths, "head -c 17000000 /dev/zero; head -c 100 /dev/zero >&2"
@@ -436,19 +437,21 @@ async def test_exec_output_is_capped_at_16_mib(tmp_path: Path) -> None:
     assert await asyncio.wait_for(process.wait(), 20) == 0  # never blocked by the cap
     output = await exec_io.wait_output(5)
     assert output.complete
-    assert len(output.stdout) == 16 * 1024 * 1024
-    assert output.stdout_dropped_bytes == 17_000_000 - 16 * 1024 * 1024
-    assert len(output.stderr) == 100
+    # stdout and stderr share one budget, just under 16 MiB: the answer fits kubelet's limit
+    assert len(output.stdout) + len(output.stderr) == MAX_EXEC_OUTPUT_BYTES < 16 * 1024 * 1024
+    assert output.stdout_dropped_bytes + output.stderr_dropped_bytes == (
+        17_000_000 + 100 - MAX_EXEC_OUTPUT_BYTES
+    )
     await exec_io.close()
 
 
-async def test_exec_small_cap(tmp_path: Path) -> None:
+async def test_exec_small_cap_shared_by_both_streams(tmp_path: Path) -> None:
     exec_io = await new_exec_io(tmp_path, max_output_bytes=10)
-    process = await spawn_shim_like(exec_io.paths, "printf 0123456789abcdef")
+    process = await spawn_shim_like(exec_io.paths, "printf 012345; sleep 0.2; printf abcdef >&2")
     await process.wait()
     output = await exec_io.wait_output(5)
-    assert output.stdout == b"0123456789"
-    assert output.stdout_dropped_bytes == 6
+    assert (output.stdout, output.stderr) == (b"012345", b"abcd")
+    assert (output.stdout_dropped_bytes, output.stderr_dropped_bytes) == (0, 2)
     await exec_io.close()
 
 

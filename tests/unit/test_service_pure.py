@@ -61,3 +61,25 @@ async def test_rollback_commit_keeps_everything() -> None:
         undo.push("a", lambda: done.append("a"))
         undo.commit()
     assert done == []
+
+
+def test_exec_commands_runc_can_start() -> None:
+    from pycri.errors import InvalidArgument
+    from pycri.service.container_exec import validate_cmd
+
+    validate_cmd(["sh", "-c", ""])  # empty arguments are fine, an empty program is not
+    for bad, message in (([], "must not be empty"), ([""], "cmd\\[0\\]"), (["a\0b"], "NUL")):
+        with pytest.raises(InvalidArgument, match=message):
+            validate_cmd(bad)
+
+
+def test_truncated_exec_output_says_so() -> None:
+    from pycri.cio.container_io import ExecOutput
+    from pycri.service.container_exec import truncation_note
+
+    whole = ExecOutput(stdout=b"x", stderr=b"", complete=True)
+    assert truncation_note(whole) == b""
+    cut = ExecOutput(
+        stdout=b"x", stderr=b"", complete=True, stdout_dropped_bytes=7, stderr_dropped_bytes=0
+    )
+    assert b"dropped 7 bytes of stdout and 0 bytes of stderr" in truncation_note(cut)

@@ -31,8 +31,9 @@
   our end) does not end the container's stdin.
 
 ``ExecIO`` (one per ExecSync): FIFOs named after the exec ID; stdout and stderr are collected in
-memory, each capped at ``MAX_EXEC_OUTPUT_BYTES`` (16 MiB): beyond that the output is still read
-(the process must not block) but dropped silently, like containerd. Optional stdin bytes are
+memory, both together capped at ``MAX_EXEC_OUTPUT_BYTES`` (just under kubelet's 16 MiB
+message limit): beyond that the output is still read (the process must not block) but
+dropped, and counted, so ExecSync can say so. Optional stdin bytes are
 written once the shim opened the FIFO (``start_stdin()`` after ``Tasks.Start``), then pycri's
 end is closed and ``Tasks.CloseIO`` called through a callback (EOF for the process).
 
@@ -72,7 +73,9 @@ from pycri.cio.fifo import (
 
 logger = logging.getLogger(__name__)
 
-MAX_EXEC_OUTPUT_BYTES: Final = 16 * 1024 * 1024
+# What ExecSync keeps of an exec's stdout and stderr together: below kubelet's 16 MiB message
+# limit with room for the rest of the answer (exit code, framing, the truncation note).
+MAX_EXEC_OUTPUT_BYTES: Final = 16 * 1024 * 1024 - 64 * 1024
 DEFAULT_STDIN_OPEN_TIMEOUT: Final = 10.0
 
 
@@ -101,22 +104,31 @@ class _DiscardSink:
         pass
 
 
-class _CappedBuffer:
-    """Collects a stream up to ``limit`` bytes; the rest is dropped but counted."""
+class OutputBudget:
+    """Bytes an exec's collected output may still hold, shared by its stdout and stderr."""
 
-    def __init__(self, *, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int) -> None:
+        self.remaining = limit
+
+    def take(self, wanted: int) -> int:
+        granted = min(wanted, max(self.remaining, 0))
+        self.remaining -= granted
+        return granted
+
+
+class _CappedBuffer:
+    """Collects a stream within its budget; the rest is dropped but counted."""
+
+    def __init__(self, *, budget: OutputBudget) -> None:
+        self._budget = budget
         self.data = bytearray()
         self.dropped_bytes = 0
 
     def feed(self, data: bytes) -> None:
-        room = self.limit - len(self.data)
-        if room >= len(data):
-            self.data += data
-            return
-        if room > 0:
-            self.data += data[:room]
-        self.dropped_bytes += len(data) - max(room, 0)
+        kept = self._budget.take(len(data))
+        if kept:
+            self.data += data[:kept]
+        self.dropped_bytes += len(data) - kept
 
     def finish(self) -> None:
         pass
@@ -653,14 +665,16 @@ class ExecIO:
         max_output_bytes: int = MAX_EXEC_OUTPUT_BYTES,
         container_id: str = "",
     ) -> ExecIO:
-        """Make the FIFOs and start collecting. ``stdin=None``: the process gets no stdin."""
+        """Make the FIFOs and start collecting, at most ``max_output_bytes`` of stdout and
+        stderr together (first come, first kept). ``stdin=None``: the process gets no stdin."""
+        budget = OutputBudget(max_output_bytes)
         exec_io = await cls._open(
             exec_id=exec_id,
             fifo_dir=fifo_dir,
             stdin=stdin is not None,
             tty=tty,
-            stdout=_CappedBuffer(limit=max_output_bytes),
-            stderr=_CappedBuffer(limit=max_output_bytes),
+            stdout=_CappedBuffer(budget=budget),
+            stderr=_CappedBuffer(budget=budget),
             container_id=container_id,
         )
         exec_io._stdin_data = stdin

@@ -1,11 +1,18 @@
 """ExecSync (run a command, answer with its output and exit code) and Exec (the streaming
 variant: answer with a URL on the streaming server, which runs the command for the client).
 
-ExecSync collects the output in memory, capped at 16 MiB per stream (the excess is still
-read, so the process never blocks, but dropped, as kubelet's probes expect). A non-zero exit
-is a normal answer, not an error. On its timeout the process is killed and DEADLINE_EXCEEDED
+ExecSync collects the output in memory: stdout and stderr together at most just under 16 MiB
+(``MAX_EXEC_OUTPUT_BYTES``), so the answer always fits kubelet's 16 MiB message limit. The
+excess is still read (the process never blocks) but dropped, and a last line on stderr says
+how much was dropped (kubelet's probes look at the exit code only). A non-zero exit is a
+normal answer, not an error. On its timeout the process is killed and DEADLINE_EXCEEDED
 returned; a caller that gives up first (its gRPC deadline) cancels the call, which kills the
 process too: either way the exec process is deleted (``exec_process``).
+
+At most ``max_concurrent_exec_sync`` run at once (config; 32 by default): the worst case of
+memory held by collected output is that many times 16 MiB. Further calls wait for a slot,
+within their own deadline (kubelet's probes are periodic; queueing them is kinder than
+failing them).
 
 Exec validates the request as kubelet does (a command; at least one of stdin, stdout,
 stderr; no stderr with a TTY: the streaming server's ``register_exec``), checks that the
@@ -17,15 +24,38 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Sequence
 
 from cri_api.v1 import api_pb2
 
-from pycri.cio.container_io import ExecIO
+from pycri.cio.container_io import MAX_EXEC_OUTPUT_BYTES, ExecIO, ExecOutput
 from pycri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from pycri.service.context import RuntimeContext
 from pycri.service.exec_process import exec_process, new_exec_id
+from pycri.store.container import Container
 
 DRAIN_AFTER_EXIT = 2.0
+
+
+def validate_cmd(cmd: Sequence[str]) -> None:
+    """A command runc can start: a non-empty program name, no NUL bytes."""
+    if not cmd:
+        raise InvalidArgument("cmd must not be empty")
+    if not cmd[0]:
+        raise InvalidArgument("cmd[0] (the program to run) must not be empty")
+    if any("\0" in arg for arg in cmd):
+        raise InvalidArgument("cmd must not contain NUL bytes")
+
+
+def truncation_note(output: ExecOutput) -> bytes:
+    """The line appended to stderr when output was dropped (empty when nothing was)."""
+    if not (output.stdout_dropped_bytes or output.stderr_dropped_bytes):
+        return b""
+    return (
+        f"\n[pycri: output over {MAX_EXEC_OUTPUT_BYTES} bytes; dropped "
+        f"{output.stdout_dropped_bytes} bytes of stdout and "
+        f"{output.stderr_dropped_bytes} bytes of stderr]\n"
+    ).encode()
 
 
 async def exec_sync(
@@ -34,8 +64,14 @@ async def exec_sync(
     container = rt.containers.get(request.container_id)
     if container.status.state != api_pb2.CONTAINER_RUNNING:
         raise FailedPrecondition(f"container {container.id} is not running")
-    if not request.cmd:
-        raise InvalidArgument("cmd must not be empty")
+    validate_cmd(request.cmd)
+    async with rt.exec_sync_slots:
+        return await _exec_sync(rt, container, request)
+
+
+async def _exec_sync(
+    rt: RuntimeContext, container: Container, request: api_pb2.ExecSyncRequest
+) -> api_pb2.ExecSyncResponse:
     exec_id = new_exec_id()
     fifo_dir = rt.paths.exec_io_dir(container.id, exec_id)
     exec_io = await ExecIO.create(
@@ -65,7 +101,9 @@ async def exec_sync(
         await exec_io.close()
         await asyncio.to_thread(shutil.rmtree, fifo_dir, True)
     return api_pb2.ExecSyncResponse(
-        stdout=output.stdout, stderr=output.stderr, exit_code=result.exit_status
+        stdout=output.stdout,
+        stderr=output.stderr + truncation_note(output),
+        exit_code=result.exit_status,
     )
 
 
@@ -73,6 +111,7 @@ async def exec_rpc(rt: RuntimeContext, request: api_pb2.ExecRequest) -> api_pb2.
     container = rt.containers.get(request.container_id)
     if container.status.state != api_pb2.CONTAINER_RUNNING:
         raise FailedPrecondition(f"container {container.id} is not running")
+    validate_cmd(request.cmd)
     resolved = api_pb2.ExecRequest()
     resolved.CopyFrom(request)
     resolved.container_id = container.id

@@ -8,6 +8,7 @@ here: it is a record of the parts, not a factory.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,8 @@ class RuntimeContext:
     events: ContainerEventPublisher
     # the streaming server behind Exec, Attach and PortForward (URLs with one-use tokens)
     streams: StreamServer
+    # slots for ExecSync calls running at once (config max_concurrent_exec_sync)
+    exec_sync_slots: asyncio.Semaphore
     faults: Faults
     metrics: Metrics
     # half-made objects of failed creates, undone for sure (service/undo.py)

@@ -38,7 +38,7 @@ from cri_api.v1 import api_pb2
 from pycri.cio.fifo import StdioPaths
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import ContainerdError, NotFoundError
-from pycri.containerd.types import ExitStatus
+from pycri.containerd.types import ExitStatus, TaskStatus
 from pycri.errors import FailedPrecondition
 from pycri.service import records
 from pycri.store.container import Container
@@ -78,10 +78,23 @@ class ExecProcess:
             log.debug("killing exec failed", extra={"exec_id": self.exec_id, "error": str(err)})
 
 
-def _refused(container: Container, err: ContainerdError) -> FailedPrecondition | None:
-    """containerd's answer to an exec in a task that no longer runs, as the caller sees it."""
+async def _refused(
+    client: ContainerdClient, container: Container, err: ContainerdError
+) -> FailedPrecondition | None:
+    """containerd's (or runc's) answer to an exec in a task that no longer runs, as the
+    caller sees it. The wording varies with the moment ("cannot exec in a stopped state",
+    a task NotFound, runc's "error executing setns process" when the container exits
+    between Exec and Start), so the task's own state decides."""
     text = err.message.lower()
     if isinstance(err, NotFoundError) or "stopped" in text or "not running" in text:
+        return FailedPrecondition(f"container {container.id} is not running")
+    try:
+        task = await client.tasks.get(container.id, timeout=CALL_TIMEOUT)
+    except NotFoundError:
+        task = None
+    except ContainerdError:
+        return None  # cannot tell: the original error stands
+    if task is None or task.status is not TaskStatus.RUNNING:
         return FailedPrecondition(f"container {container.id} is not running")
     return None
 
@@ -116,7 +129,7 @@ async def exec_process(
             timeout=CALL_TIMEOUT,
         )
     except ContainerdError as err:
-        raise _refused(container, err) or err from None
+        raise await _refused(client, container, err) or err from None
     wait = asyncio.create_task(client.tasks.wait(container.id, exec_id), name=f"wait-{exec_id}")
     running = ExecProcess(container_id=container.id, exec_id=exec_id, exited=wait, _client=client)
     try:
@@ -124,7 +137,7 @@ async def exec_process(
         try:
             await client.tasks.start(container.id, exec_id, timeout=CALL_TIMEOUT)
         except ContainerdError as err:
-            raise _refused(container, err) or err from None
+            raise await _refused(client, container, err) or err from None
         yield running
     finally:
         cleanup = asyncio.create_task(_cleanup(running), name=f"exec-cleanup-{exec_id}")
