@@ -114,3 +114,13 @@ async def remove_all_pods(cri: CRI) -> None:
     for p in pods.items:
         await cri.runtime.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=p.id))
         await cri.runtime.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+
+
+def log_output(log_path: str) -> list[str]:
+    """The content of a CRI log file's records, one string per record, in order (what the
+    container's own processes printed: where an exec may see another root, this does not)."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line.split(" ", 3)[3] for line in text.splitlines() if line.count(" ") >= 3]

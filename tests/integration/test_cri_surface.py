@@ -51,6 +51,7 @@ from tests.integration.helpers import (
 )
 from tests.integration.pods import (
     container_config,
+    log_output,
     pod_config,
     running_pod,
     start,
@@ -472,7 +473,12 @@ async def test_recursive_read_only_mount_covers_submounts(
     if not {h.name: h for h in resp.runtime_handlers}["runc"].features.recursive_read_only_mounts:
         pytest.skip("runc or the kernel on this node cannot make recursive read-only mounts")
     pod_id, pod_cfg = pod
-    config = container_config("rro", "sleep 600")
+    # the container's own process tries the writes (an exec may see another root)
+    script = (
+        "touch /ro/sub/x && echo plain-ro-leaves-the-submount-writable; "
+        "touch /rro/sub/y 2>&1; echo rro-sub=$?; touch /rro/z 2>&1; echo rro-top=$?"
+    )
+    config = container_config("rro", script)
     for path, recursive in (("/ro", False), ("/rro", True)):
         config.mounts.add(
             container_path=path,
@@ -482,11 +488,10 @@ async def test_recursive_read_only_mount_covers_submounts(
             propagation=api_pb2.PROPAGATION_PRIVATE,
         )
     cid = await start(cri, pod_id, pod_cfg, config)
-    plain = await _exec(cri, cid, "touch /ro/sub/x && echo wrote")
-    assert plain.exit_code == 0 and b"wrote" in plain.stdout  # plain ro leaves the submount rw
-    rro = await _exec(cri, cid, "touch /rro/sub/y")
-    assert rro.exit_code != 0 and b"Read-only file system" in rro.stderr
-    assert (await _exec(cri, cid, "touch /rro/z")).exit_code != 0
+    output = log_output((await wait_exited(cri, cid)).log_path)
+    assert "plain-ro-leaves-the-submount-writable" in output, output
+    assert "rro-sub=1" in output and "rro-top=1" in output, output
+    assert any("Read-only file system" in line for line in output), output
     # Asking for it without readonly is refused before anything is made.
     bad = container_config("rro-bad", "true")
     bad.mounts.add(
@@ -662,11 +667,15 @@ async def test_metrics_match_the_cgroup_files_and_the_netns(
         ):
             assert name in descriptors
 
-        cfg = pod_config(f"metrics-{time.monotonic_ns()}")
+        cfg = pod_config(f"metrics-{time.monotonic_ns()}", log_dir=d.base / "logs")
+        gateway = str(ipaddress.ip_network(net.subnet)[1])
         async with running_pod(cri, cfg) as pod_id:
             config = container_config(
                 "busy",
-                # 8 MiB in tmpfs (charged to the container, steady), two children, a file
+                # traffic on the pod's interface (its own process pings: an exec may not be in
+                # the container's root), 8 MiB in tmpfs (charged to the container, steady),
+                # two children, a file
+                f"ping -c 3 -W 1 {gateway} >/dev/null && echo pinged; "
                 "head -c 8388608 /dev/zero > /dev/shm/ballast; echo x > /written; "
                 "sleep 600 & sleep 600 & wait",
                 memory_limit=96 << 20,
@@ -677,8 +686,11 @@ async def test_metrics_match_the_cgroup_files_and_the_netns(
             status_resp = await cri.runtime.PodSandboxStatus(
                 api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
             )
-            gateway = str(ipaddress.ip_network(net.subnet)[1])
-            assert (await _exec(cri, cid, f"ping -c 3 -W 1 {gateway} >/dev/null")).exit_code == 0
+
+            async def pinged() -> bool:
+                return "pinged" in log_output((await status(cri, cid)).log_path)
+
+            await eventually(pinged, timeout=15)
 
             async def processes() -> bool:
                 procs = _cgroup_file("pids", cgroups_path(d.cgroup_parent, cid), "cgroup.procs")
@@ -769,7 +781,7 @@ async def test_metrics_match_the_cgroup_files_and_the_netns(
 
 # --- CheckpointContainer ----------------------------------------------------------------------
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo $i; sleep 0.1; done"
 
 
 def _criu_works() -> tuple[bool, str]:
@@ -790,8 +802,9 @@ async def test_checkpoint_of_a_counting_container(
     cid = await start(cri, pod_id, pod_cfg, container_config("counter", COUNTER))
 
     async def count() -> int:
-        out = await _exec(cri, cid, "cat /tmp/count")
-        return int(out.stdout or b"0")
+        """The counter's last number, from its log (its own process prints it)."""
+        numbers = [line for line in log_output((await status(cri, cid)).log_path) if line.isdigit()]
+        return int(numbers[-1]) if numbers else 0
 
     await eventually(count, timeout=10)
     location = tmp_path / "checkpoint-counter.tar"
@@ -856,8 +869,29 @@ async def test_pod_resize_changes_the_pods_cgroup_seen_from_inside(
     cfg = pod_config(f"resize-{uid[:8]}", log_dir=tmp_path / "logs")
     cfg.linux.cgroup_parent = parent = f"/kubepods/pod{uid}"
     try:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        # The container's own process reports what it sees (an exec may see another root):
+        # its hierarchical memory limit until /shared/go appears, then the CPU a 2 s busy
+        # loop got. It holds 4 MiB of tmpfs, so a 1 MiB limit is beyond what it uses.
+        app = container_config(
+            "app",
+            "head -c 4194304 /dev/zero > /dev/shm/fill; "
+            "s() { awk '/usage_usec/{print $2*1000}' /sys/fs/cgroup/cpu.stat 2>/dev/null "
+            "|| cat /sys/fs/cgroup/cpuacct/cpuacct.usage; }; "
+            "while [ ! -e /shared/go ]; do "
+            "grep hierarchical_memory_limit /sys/fs/cgroup/memory/memory.stat 2>/dev/null; "
+            "sleep 0.2; done; "
+            "a=$(s); timeout 2 sh -c 'while :; do :; done'; b=$(s); echo used=$((b - a)); "
+            "sleep 600",
+        )
+        app.mounts.add(container_path="/shared", host_path=str(shared))
         async with running_pod(cri, cfg) as pod_id:
-            cid = await start(cri, pod_id, cfg, container_config("app", "sleep 600"))
+            cid = await start(cri, pod_id, cfg, app)
+
+            async def said(prefix: str) -> str:
+                lines = log_output((await status(cri, cid)).log_path)
+                return next((line for line in reversed(lines) if line.startswith(prefix)), "")
 
             async def resize(**fields: Any) -> None:
                 await cri.runtime.UpdatePodSandboxResources(
@@ -887,23 +921,20 @@ async def test_pod_resize_changes_the_pods_cgroup_seen_from_inside(
                 )
                 assert _cgroup_file("cpu", parent, "cpu.shares").read_text().strip() == "512"
                 # ... and the container sees the memory limit as its own hierarchical one.
-                inside = await _exec(
-                    cri, cid, "grep hierarchical_memory_limit /sys/fs/cgroup/memory/memory.stat"
-                )
-                assert inside.stdout.split() == [
-                    b"hierarchical_memory_limit",
-                    str(128 << 20).encode(),
-                ]
+                expected = f"hierarchical_memory_limit {128 << 20}"
+
+                async def sees_the_limit() -> bool:
+                    return await said("hierarchical_memory_limit") == expected
+
+                await eventually(sees_the_limit, timeout=10)
             # ... and the container feels the CPU quota: a busy loop of 2 s gets at most about
             # 0.2 CPU (0.4 s of CPU time; unthrottled it would get 2 s on an idle core).
-            busy = await _exec(
-                cri,
-                cid,
-                "s() { awk '/usage_usec/{print $2*1000}' /sys/fs/cgroup/cpu.stat 2>/dev/null "
-                "|| cat /sys/fs/cgroup/cpuacct/cpuacct.usage; }; a=$(s); "
-                "timeout 2 sh -c 'while :; do :; done'; b=$(s); echo $((b - a))",
-            )
-            used_ns = int(busy.stdout.split()[-1])
+            (shared / "go").touch()
+
+            async def busy_done() -> str:
+                return await said("used=")
+
+            used_ns = int((await eventually(busy_done, timeout=15)).removeprefix("used="))
             assert 0 < used_ns < 700_000_000, used_ns
             info = json.loads(
                 (
@@ -923,9 +954,6 @@ async def test_pod_resize_changes_the_pods_cgroup_seen_from_inside(
                 await resize(cpu_period=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             if not is_v2():
-                assert (
-                    await _exec(cri, cid, "head -c 4194304 /dev/zero > /dev/shm/fill")
-                ).exit_code == 0
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await resize(cpu_shares=1024, memory_limit_in_bytes=1 << 20)
                 assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
