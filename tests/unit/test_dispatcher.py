@@ -424,6 +424,65 @@ async def test_remove_drops_events_still_waiting_for_the_lock(
     assert dispatcher._id_states == {}
 
 
+async def test_take_over_waits_for_handling_under_way_then_drops_what_waited(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    dispatcher = make(recorder, clock)
+    recorder.gates["exit"] = asyncio.Event()
+    first = asyncio.create_task(dispatcher.submit("a", "exit"))
+    await soon(recorder.started["exit"].wait())
+    inside = asyncio.Event()
+
+    async def removal() -> None:
+        async with dispatcher.take_over("a"):
+            inside.set()
+            assert recorder.running["a"] == 0  # the handler is never running meanwhile
+
+    removing = asyncio.create_task(removal())
+    await asyncio.sleep(0.01)
+    assert not inside.is_set()  # waits for the handling under way
+    waiting = asyncio.create_task(dispatcher.submit("a", "oom"))
+    await asyncio.sleep(0)
+    recorder.gates["exit"].set()
+    assert await soon(first) is Disposition.HANDLED
+    await soon(removing)
+    assert await soon(waiting) is Disposition.DROPPED  # the removal did its teardown
+    assert recorder.handled == [("a", "exit")]
+    assert dispatcher._id_states == {}
+
+
+async def test_take_over_holds_off_a_retry_and_drops_the_queue(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    dispatcher = make(recorder, clock)
+    recorder.failures["exit"] = 1
+    assert await dispatcher.submit("a", "exit") is Disposition.QUEUED
+    clock.advance(1)
+    async with dispatcher.take_over("a"):
+        ticking = asyncio.create_task(dispatcher.tick())
+        await asyncio.sleep(0.01)
+        assert recorder.calls == [("a", "exit")]  # the retry waits for the block
+    await soon(ticking)
+    assert recorder.calls == [("a", "exit")]  # and then finds nothing to do
+    assert not dispatcher.in_backoff("a")
+    assert dispatcher.stats().dropped_events == 1
+
+
+async def test_a_failed_take_over_keeps_the_pending_events(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    dispatcher = make(recorder, clock)
+    recorder.failures["exit"] = 1
+    await dispatcher.submit("a", "exit")
+    with pytest.raises(RuntimeError, match="containerd down"):
+        async with dispatcher.take_over("a"):
+            raise RuntimeError("containerd down")
+    assert dispatcher.in_backoff("a")
+    clock.advance(1)
+    await dispatcher.tick()
+    assert recorder.handled == [("a", "exit")]  # retried as before
+
+
 async def test_ticker_retries_by_itself(recorder: Recorder, clock: FakeClock) -> None:
     dispatcher = make(recorder, clock, check_interval=0.005)
     recorder.failures["exit"] = 1

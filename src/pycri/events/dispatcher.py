@@ -39,6 +39,13 @@ Races and how they are closed:
   retrying would only fail or do nothing), and events submitted before the removal that are
   still waiting for the lock are dropped unhandled. Events submitted after the removal are
   handled normally: a late event for a removed ID finds nothing to do in the handler.
+* *Teardown by the removal itself.* A removal that deletes the object's task itself must not
+  race the handler's own delete of it (two concurrent deletes of one task can leave its shim
+  running with no task record). ``take_over(id)`` holds the ID's lock for the removal's
+  block: handling under way finishes first (bounded by ``handle_timeout``), no retry or new
+  event is handled meanwhile, and when the block succeeds the ID is removed before the lock
+  is released, so the events that waited are dropped: the removal did what they would have.
+  If the block fails, nothing is removed and the pending events are retried as before.
 * *Cancellation.* If the task running a handler is cancelled (an exit monitor torn down, or
   ``stop()`` cancelling the retries at shutdown), the event it held, and for a retry the events
   after it, go back to the queue before the cancellation propagates: an event accepted by
@@ -65,7 +72,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -224,6 +231,15 @@ class EventDispatcher(Generic[E]):
         if dropped:
             self._drop(object_id, dropped, reason="object removed")
         return dropped
+
+    @contextlib.asynccontextmanager
+    async def take_over(self, object_id: str) -> AsyncIterator[None]:
+        """Hold ``object_id``'s handling for the block, then ``remove`` it (see the module
+        docstring): for a removal that tears the object down itself."""
+        with self._id_state(object_id) as state:
+            async with state.lock:
+                yield
+                self.remove(object_id)
 
     def start(self) -> None:
         """Start the ticker that retries expired IDs every ``check_interval`` (idempotent)."""

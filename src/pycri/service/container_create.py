@@ -309,6 +309,7 @@ async def _create(
         await asyncio.to_thread(status_path.parent.mkdir, parents=True, exist_ok=True)
         await checkpoint.write(status_path, status.persisted())
         container = Container(metadata=metadata, status=status, status_path=status_path)
+        container.task.deleted()  # none yet: Start creates it
         sandbox.check_open()  # Stop/Remove began meanwhile: this container must not stay
         rt.containers.add(container)
         undo.commit()

@@ -10,6 +10,16 @@ directories are deleted the container is retired (``Transactional.retire``): a l
 change (an exit-handler retry, an OOM event, an UpdateContainerResources that began before)
 can then no longer write its checkpoint, so nothing re-creates ``ROOT/containers/<id>/``
 after the removal.
+
+The task: once Stop has returned, the exit handler is deleting the container's task (it
+records the exit first, then deletes). Remove never races that delete — two concurrent
+deletes of one task could leave its shim running with no task record — but takes the ID
+over from the dispatcher (``EventDispatcher.take_over``): the handling under way ends first,
+then, only if the task may still exist (the handler failed, is backing off, or the container
+was found at recovery), Remove kills and deletes it itself; when the block succeeds the
+ID's pending events are dropped, because their teardown is done. The containerd record and
+the snapshot are deleted concurrently (neither depends on the other), and the files in one
+worker-thread hop.
 """
 
 from __future__ import annotations
@@ -35,26 +45,38 @@ async def remove_container(rt: RuntimeContext, container: Container) -> None:
         return  # another Remove is on it
     try:
         await stop_container(rt, container, timeout=0)
-        await records.kill_and_delete_task(rt, container.id)
-        sandbox = rt.sandboxes.find(container.metadata.sandbox_id)
-        if sandbox is not None:
-            await records.remove_cgroup_of(sandbox.metadata.cgroups_path(container.id))
-        await records.delete_record(rt, container.id)
-        if container.io is not None:
-            await container.io.close()
-            container.io = None
-        await container.retire(f"container {container.id}")
-        await asyncio.to_thread(shutil.rmtree, rt.paths.container_run_dir(container.id), True)
-        await asyncio.to_thread(shutil.rmtree, rt.paths.container_dir(container.id), True)
+        async with rt.dispatcher.take_over(container.id):
+            await _remove(rt, container)
     except BaseException:
         await container.end_remove()
         raise
     rt.containers.remove(container.id)
     rt.container_names.release(container.metadata.name, container.id)
-    rt.dispatcher.remove(container.id)
     rt.faults.forget(container.id)
     rt.events.emit(container.id, DELETED, sandbox_id=container.metadata.sandbox_id)
     log.info("container removed", extra={"container_id": container.id})
+
+
+async def _remove(rt: RuntimeContext, container: Container) -> None:
+    if container.task.may_exist:
+        await records.kill_and_delete_task(rt, container.id)
+        container.task.deleted()
+    await records.delete_record(rt, container.id)
+    if container.io is not None:
+        await container.io.close()
+        container.io = None
+    await container.retire(f"container {container.id}")
+    sandbox = rt.sandboxes.find(container.metadata.sandbox_id)
+    cgroup = sandbox.metadata.cgroups_path(container.id) if sandbox is not None else None
+    await asyncio.to_thread(_remove_files, rt, container.id, cgroup)
+
+
+def _remove_files(rt: RuntimeContext, container_id: str, cgroup: str | None) -> None:
+    """Blocking: the cgroup if runc left it (its shim died), then the container's dirs."""
+    if cgroup is not None:
+        records.remove_cgroup_sync(cgroup)
+    shutil.rmtree(rt.paths.container_run_dir(container_id), True)
+    shutil.rmtree(rt.paths.container_dir(container_id), True)
 
 
 async def remove_container_rpc(

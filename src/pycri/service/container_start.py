@@ -72,6 +72,7 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
         ) from None
     container.io = io
     mounts = await client.snapshots.mounts(rt.config.snapshotter, container.id)
+    container.task.creating()
     await client.tasks.create(
         container_id=container.id,
         rootfs=mounts,
@@ -99,6 +100,7 @@ async def _record_start_error(rt: RuntimeContext, container: Container, err: Bas
     log.warning("container start failed", extra={"container_id": container.id, "error": message})
     try:
         await records.kill_and_delete_task(rt, container.id)
+        container.task.deleted()
     except Exception as cleanup_err:
         log.error(
             "deleting the task of a failed start failed",

@@ -1,8 +1,11 @@
 """StopContainer: the stop signal once, wait for the recorded exit, SIGKILL at the timeout.
 
 It never records the exit itself: the exit monitor does, and Stop waits for that (the
-container's ``exited`` event). So Stop returns only once the status is EXITED, and a stuck
-teardown (which runs after the exit is recorded) never holds it up.
+container's ``exited`` event). So Stop returns only once the status is EXITED. Then, as
+containerd's plugin returns only once the task is deleted, it waits for the exit handler's
+task delete too, but at most ``TEARDOWN_WAIT``: a stuck teardown (which runs after the exit
+is recorded, and is retried by the dispatcher) holds Stop up no longer than that, and a
+Remove right after a Stop finds the task gone instead of waiting for its delete.
 
 - The stop signal (the image's StopSignal, else SIGTERM) is sent at most once per container
   lifetime: repeated or concurrent Stops don't restart the grace period (reference §6.4).
@@ -31,6 +34,9 @@ from pycri.store.container import Container
 log = logging.getLogger(__name__)
 
 INTERNAL_KILL_WAIT = 120.0  # bound for internal stops (sandbox stop, remove)
+# How long Stop waits for the task delete after the exit was recorded (it normally takes a
+# runc delete, tens of milliseconds).
+TEARDOWN_WAIT = 1.0
 
 
 def parse_signal(name: str) -> int:
@@ -83,15 +89,16 @@ async def stop_container(
         try:
             async with asyncio.timeout(timeout):
                 await container.exited.wait()
-            return
         except TimeoutError:
             log.info("stop timeout; killing", extra={"container_id": container.id})
-    await _kill(rt, container, int(signal.SIGKILL))
-    if bounded:
-        async with asyncio.timeout(INTERNAL_KILL_WAIT):
-            await container.exited.wait()
-    else:
-        await container.exited.wait()  # until the client's deadline cancels us
+    if not container.exited.is_set():
+        await _kill(rt, container, int(signal.SIGKILL))
+        if bounded:
+            async with asyncio.timeout(INTERNAL_KILL_WAIT):
+                await container.exited.wait()
+        else:
+            await container.exited.wait()  # until the client's deadline cancels us
+    await container.task.wait_gone(timeout=TEARDOWN_WAIT)
 
 
 async def stop_container_rpc(

@@ -144,6 +144,7 @@ class ExitHandler:
             },
         )
         await self._delete_task(container.id, labels)
+        container.task.deleted()
         if container.io is not None:
             await container.io.close()
             container.io = None
@@ -158,6 +159,7 @@ class ExitHandler:
             )
             self._events.emit(sandbox.id, STOPPED)
         await self._delete_task(sandbox.id, sandbox.metadata.config.labels)
+        sandbox.task.deleted()
 
     async def _oom(self, event: TaskOOM) -> None:
         container = self._containers.find(event.container_id)

@@ -155,19 +155,34 @@ async def remove_snapshot(rt: RuntimeContext, object_id: str) -> None:
 
 
 async def delete_record(rt: RuntimeContext, object_id: str) -> None:
-    """Delete the containerd container and its snapshot; idempotent."""
+    """Delete the containerd container and its snapshot, concurrently (the record only
+    names the snapshot; a crash between the two leaves what a repeated call finishes);
+    idempotent."""
+    results = await asyncio.gather(
+        _delete_container(rt, object_id), remove_snapshot(rt, object_id), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _delete_container(rt: RuntimeContext, object_id: str) -> None:
     try:
         await rt.containerd.containers.delete(object_id, timeout=30)
     except NotFoundError:
         pass
-    await remove_snapshot(rt, object_id)
 
 
 async def remove_cgroup_of(path: str) -> None:
     """Remove a deleted task's cgroup if runc could not (its shim died); failures are logged:
     the container is gone either way, and ``pycri check --orphans`` lists what is left."""
+    await asyncio.to_thread(remove_cgroup_sync, path)
+
+
+def remove_cgroup_sync(path: str) -> None:
+    """``remove_cgroup_of``, blocking (for a caller already in a worker thread)."""
     try:
-        await asyncio.to_thread(remove_cgroup, path)
+        remove_cgroup(path)
     except OSError as err:
         log.error("could not remove a cgroup", extra={"cgroup": path, "error": str(err)})
 

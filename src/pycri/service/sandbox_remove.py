@@ -5,6 +5,9 @@ no new container can be created or started in it, and creates under way are wait
 so the containers removed here are all it has. Order matters for crash safety: containers first,
 then the sandbox's files, its task and containerd record, and last the in-memory entry and
 its name, so a crash midway leaves a sandbox that a repeated Remove (or recovery) finishes.
+The pause task is deleted by the exit handler once StopPodSandbox killed it; Remove takes the
+ID over from the dispatcher and deletes it itself only if that has not happened (see
+``container_remove``), so the two deletes never race and no pending teardown is dropped.
 A pod network whose CNI DEL keeps failing blocks removal only for a few calls
 (``sandbox_stop.GIVE_UP_AFTER``); then what may leak is logged and the removal proceeds.
 """
@@ -34,15 +37,17 @@ async def remove_pod_sandbox(
         return api_pb2.RemovePodSandboxResponse()
     await stop_sandbox(rt, sandbox)
     await asyncio.gather(*(remove_container(rt, c) for c in rt.containers.in_sandbox(sandbox.id)))
-    await records.kill_and_delete_task(rt, sandbox.id, stray_shim=True)
-    await records.remove_cgroup_of(sandbox.metadata.cgroups_path(sandbox.id))
-    await records.delete_record(rt, sandbox.id)
-    await sandbox.retire(f"sandbox {sandbox.id}")  # no late write re-creates its directory
-    await remove_sandbox_files(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
+    async with rt.dispatcher.take_over(sandbox.id):  # as RemoveContainer: never race its delete
+        if sandbox.task.may_exist:
+            await records.kill_and_delete_task(rt, sandbox.id, stray_shim=True)
+            sandbox.task.deleted()
+        await records.remove_cgroup_of(sandbox.metadata.cgroups_path(sandbox.id))
+        await records.delete_record(rt, sandbox.id)
+        await sandbox.retire(f"sandbox {sandbox.id}")  # no late write re-creates its directory
+        await remove_sandbox_files(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
     rt.events.emit(sandbox.id, DELETED)  # while its status can still be read
     rt.sandboxes.remove(sandbox.id)
     rt.sandbox_names.release(sandbox.metadata.name, sandbox.id)
-    rt.dispatcher.remove(sandbox.id)
     rt.faults.forget(sandbox.id)
     log.info("sandbox removed", extra={"sandbox_id": sandbox.id})
     return api_pb2.RemovePodSandboxResponse()

@@ -3,7 +3,8 @@
 Idempotent: an unknown ID is a success (kubelet treats NOT_FOUND as done anyway, and
 crictl retries), and calling it again on a NOTREADY sandbox just re-checks each step.
 The pause task is killed only while the sandbox is READY/UNKNOWN; the call then waits for
-the exit monitor to record the exit (it never records it itself), bounded by STOP_TIMEOUT.
+the exit monitor to record the exit (it never records it itself), bounded by STOP_TIMEOUT,
+and for the task's delete after it, bounded by ``container_stop.TEARDOWN_WAIT``.
 
 Then the network (``teardown_network``): CNI DEL with the config stored in the sandbox's
 metadata, then the netns is removed. DEL is retried inside the call; if it keeps failing
@@ -33,7 +34,7 @@ from pycri.containerd.errors import NotFoundError
 from pycri.errors import DeadlineExceeded
 from pycri.events.types import Kind
 from pycri.net.manager import NetworkTeardownError
-from pycri.service.container_stop import stop_container
+from pycri.service.container_stop import TEARDOWN_WAIT, stop_container
 from pycri.service.context import RuntimeContext
 from pycri.store.sandbox import Sandbox, SandboxState
 
@@ -60,6 +61,7 @@ async def stop_sandbox(rt: RuntimeContext, sandbox: Sandbox) -> None:
             await _within_stop_timeout(
                 sandbox.exited.wait(), f"sandbox {sandbox.id}: pause task exit not recorded"
             )
+            await sandbox.task.wait_gone(timeout=TEARDOWN_WAIT)  # as StopContainer
         await teardown_network(rt, sandbox)
     log.info("sandbox stopped", extra={"sandbox_id": sandbox.id})
 

@@ -36,6 +36,7 @@ from google.protobuf import json_format
 
 from pycri.errors import FailedPrecondition
 from pycri.store.store import Store
+from pycri.store.task_presence import TaskPresence
 from pycri.store.transaction import Transactional
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ class Container(Transactional[ContainerStatus]):
         # not restart with every repeated StopContainer).
         self.stop_signal_sent = False
         self.io: ContainerIO | None = None  # while a task exists
+        self.task = TaskPresence()  # see ``task_presence``; CreateContainer: none yet
 
     @property
     def id(self) -> str:

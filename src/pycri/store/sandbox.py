@@ -43,6 +43,7 @@ from google.protobuf import json_format
 from pycri.cgroups import cgroups_path
 from pycri.errors import FailedPrecondition
 from pycri.store.store import Store
+from pycri.store.task_presence import TaskPresence
 from pycri.store.transaction import Transactional
 
 
@@ -206,6 +207,7 @@ class Sandbox(Transactional[SandboxStatus]):
         self._published(status)
         self.stopping = asyncio.Lock()  # serializes Stop/Remove of one sandbox
         self.creates = InFlight()  # CreateContainer calls under way in this pod
+        self.task = TaskPresence()  # the pause task's (see ``task_presence``)
 
     @property
     def id(self) -> str:
