@@ -6,6 +6,8 @@ Design:
   ``containerd-lease`` when one is given.
 - Calls are made through multi-callables built from method paths, with the generated message
   classes as (de)serializers, so the client is fully typed without untyped ``_grpc`` stubs.
+  Each one is built once per channel and method and then reused (building one costs about as
+  much Python time as making the call; per-namespace copies share the channel's cache).
 - Every gRPC error becomes a ``ContainerdError`` subclass (see ``errors``).
 - The client never retries: callers decide (the event monitor's backoff queue, the daemon's
   reconnect loop). grpc's channel reconnects by itself once containerd is back.
@@ -62,6 +64,7 @@ K8S_NAMESPACE = "k8s.io"
 ContainerRecord = api.containers.Container
 Mount = api.mount.Mount
 Req = TypeVar("Req", bound=Message)
+C = TypeVar("C")
 Resp = TypeVar("Resp", bound=Message)
 Metadata = tuple[tuple[str, str], ...]
 # Content writes sent ahead of containerd's answers (it answers each one).
@@ -77,10 +80,13 @@ class ContainerdClient:
         *,
         namespace: str = K8S_NAMESPACE,
         channel: grpc.aio.Channel | None = None,
+        callables: _Callables | None = None,
     ) -> None:
         self.address = address
         self.namespace = namespace
         self._owns_channel = channel is None
+        self._callables = callables if callables is not None else _Callables()
+        self._metadata: Metadata = (("containerd-namespace", namespace),)
         self._channel = channel or grpc.aio.insecure_channel(
             f"unix://{address}",
             options=[
@@ -100,17 +106,18 @@ class ContainerdClient:
         self.events = _Events(self)
 
     def with_namespace(self, namespace: str) -> ContainerdClient:
-        return ContainerdClient(self.address, namespace=namespace, channel=self._channel)
+        return ContainerdClient(
+            self.address, namespace=namespace, channel=self._channel, callables=self._callables
+        )
 
     async def close(self) -> None:
         if self._owns_channel:
             await self._channel.close()
 
     def metadata(self, lease: str | None = None) -> Metadata:
-        md: Metadata = (("containerd-namespace", self.namespace),)
         if lease:
-            md += (("containerd-lease", lease),)
-        return md
+            return (*self._metadata, ("containerd-lease", lease))
+        return self._metadata
 
     async def unary(
         self,
@@ -121,10 +128,14 @@ class ContainerdClient:
         timeout: float | None = None,
         lease: str | None = None,
     ) -> Resp:
-        call = self._channel.unary_unary(
+        call = self._callables.get(
+            "unary_unary",
             method,
-            request_serializer=_serialize,
-            response_deserializer=response_type.FromString,
+            lambda: self._channel.unary_unary(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,
+            ),
         )
         try:
             response: Resp = await call(request, metadata=self.metadata(lease), timeout=timeout)
@@ -140,10 +151,14 @@ class ContainerdClient:
         *,
         timeout: float | None = None,
     ) -> AsyncIterator[Resp]:
-        call = self._channel.unary_stream(
+        call = self._callables.get(
+            "unary_stream",
             method,
-            request_serializer=_serialize,
-            response_deserializer=response_type.FromString,
+            lambda: self._channel.unary_stream(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,
+            ),
         )
         stream = call(request, metadata=self.metadata(), timeout=timeout)
         try:
@@ -158,10 +173,14 @@ class ContainerdClient:
         self, method: str, response_type: type[Resp], *, lease: str | None = None
     ) -> grpc.aio.StreamStreamCall[Message, Resp]:
         """A raw bidirectional call (content writes); errors are the caller's to translate."""
-        call = self._channel.stream_stream(
+        call = self._callables.get(
+            "stream_stream",
             method,
-            request_serializer=_serialize,
-            response_deserializer=response_type.FromString,
+            lambda: self._channel.stream_stream(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response_type.FromString,
+            ),
         )
         return call(metadata=self.metadata(lease))
 
@@ -198,6 +217,19 @@ class ContainerdClient:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+class _Callables:
+    """The channel's multi-callables, one per kind and method path, built on first use."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, str], Any] = {}
+
+    def get(self, kind: str, method: str, build: Callable[[], C]) -> C:
+        call: C | None = self._built.get((kind, method))
+        if call is None:
+            call = self._built[(kind, method)] = build()
+        return call
 
 
 class _Service:
