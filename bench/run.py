@@ -11,7 +11,7 @@ What it does, in order:
    containerd with its CRI plugin, each under its own temp dir, and loads both images into
    each (``pycri.images.importer``, namespace ``k8s.io``);
 3. ``rss`` on both while they are fresh (idle, with 100 running pods, after removal);
-4. each repetition runs lifecycle (C=1, C=4), exit-latency (N=1, 32, 128) and hol on both,
+4. each repetition runs lifecycle (C=1, 4, 8), exit-latency (N=1, 32, 128) and hol on both,
    switching runtime scenario by scenario and swapping which goes first every repetition,
    so slow drifts of the machine hit both alike;
 5. profiles pycri with py-spy under the lifecycle and exit loads (a separate pass);
@@ -77,7 +77,7 @@ class Plan:
     """Sizes of one comparison (the defaults: the report's run)."""
 
     repetitions: int = 3
-    lifecycle: tuple[tuple[int, int], ...] = ((30, 1), (60, 4))  # (pods, concurrency)
+    lifecycle: tuple[tuple[int, int], ...] = ((30, 1), (60, 4), (80, 8))  # (pods, concurrency)
     exit_sizes: tuple[int, ...] = (1, 32, 128)
     single_exit_trials: int = 10  # N=1 is repeated per repetition for a distribution
     hol_containers: int = 128
