@@ -121,6 +121,7 @@ async def test_the_exit_is_persisted_before_the_task_is_deleted(node: Node) -> N
     status = node.container.status
     assert (status.state, status.exit_code, status.pid) == (api_pb2.CONTAINER_EXITED, 3, 0)
     assert CONTAINER_ID not in node.tasks.tasks
+    assert not node.container.task.may_exist  # a Remove now skips the task
     events = await _published(node)
     assert [e.container_event_type for e in events] == [api_pb2.CONTAINER_STOPPED_EVENT]
 
@@ -132,6 +133,7 @@ async def test_a_failed_delete_is_retried_and_the_exit_is_visible_meanwhile(
     await node.dispatcher.submit(CONTAINER_ID, _exit(1))
     assert node.container.status.state == api_pb2.CONTAINER_EXITED  # recorded anyway
     assert node.dispatcher.in_backoff(CONTAINER_ID)
+    assert node.container.task.may_exist  # a Remove meanwhile deletes it itself
     clock.advance(1)
     await node.dispatcher.tick()  # second failure: the delay doubles
     assert CONTAINER_ID in node.tasks.tasks
@@ -140,7 +142,7 @@ async def test_a_failed_delete_is_retried_and_the_exit_is_visible_meanwhile(
     assert CONTAINER_ID in node.tasks.tasks  # not due yet (2 s)
     clock.advance(1)
     await node.dispatcher.tick()
-    assert CONTAINER_ID not in node.tasks.tasks
+    assert CONTAINER_ID not in node.tasks.tasks and not node.container.task.may_exist
     assert not node.dispatcher.in_backoff(CONTAINER_ID)
     assert _failures(node.metrics, "delete_task") == 2
     assert len(await _published(node)) == 1  # the retries do not report the exit again
@@ -192,7 +194,7 @@ async def test_a_sandbox_exit_makes_it_notready_then_deletes_its_task(node: Node
     sandbox = node.sandboxes.get(SANDBOX_ID)
     await node.dispatcher.submit(SANDBOX_ID, _exit(0, object_id=SANDBOX_ID, kind=Kind.SANDBOX))
     assert sandbox.status.state is SandboxState.NOTREADY and sandbox.exited.is_set()
-    assert SANDBOX_ID not in node.tasks.tasks
+    assert SANDBOX_ID not in node.tasks.tasks and not sandbox.task.may_exist
     assert (await _published(node))[-1].pod_sandbox_status.state == api_pb2.SANDBOX_NOTREADY
 
 
