@@ -285,7 +285,7 @@ async def _create(
             except (OSError, ValueError) as err:
                 raise InvalidArgument(f"container config: {err}") from None
 
-        await records.create_record(
+        rootfs = await records.create_record(
             rt,
             object_id=container_id,
             kind=Kind.CONTAINER,
@@ -310,6 +310,7 @@ async def _create(
         await checkpoint.write(status_path, status.persisted())
         container = Container(metadata=metadata, status=status, status_path=status_path)
         container.task.deleted()  # none yet: Start creates it
+        container.rootfs = rootfs  # Start needs no Snapshots.Mounts round trip
         sandbox.check_open()  # Stop/Remove began meanwhile: this container must not stay
         rt.containers.add(container)
         undo.commit()

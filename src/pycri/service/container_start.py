@@ -71,7 +71,7 @@ async def _start(rt: RuntimeContext, container: Container) -> None:
             f"{err.strerror or err}"
         ) from None
     container.io = io
-    mounts = await client.snapshots.mounts(rt.config.snapshotter, container.id)
+    mounts = container.rootfs or await client.snapshots.mounts(rt.config.snapshotter, container.id)
     container.task.creating()
     await client.tasks.create(
         container_id=container.id,

@@ -41,6 +41,7 @@ from pycri.store.transaction import Transactional
 
 if TYPE_CHECKING:
     from pycri.cio.container_io import ContainerIO
+    from pycri.containerd.client import Mount
 
 UNKNOWN_EXIT_CODE = 255
 START_ERROR_EXIT_CODE = 128
@@ -190,6 +191,9 @@ class Container(Transactional[ContainerStatus]):
         # not restart with every repeated StopContainer).
         self.stop_signal_sent = False
         self.io: ContainerIO | None = None  # while a task exists
+        # The rootfs mounts of its snapshot, kept from CreateContainer (they never change);
+        # None after a restart of pycri (Start then asks containerd).
+        self.rootfs: list[Mount] | None = None
         self.task = TaskPresence()  # see ``task_presence``; CreateContainer: none yet
 
     @property
