@@ -130,4 +130,8 @@ async def write_sandbox_files(
 
 
 async def remove_sandbox_files(files: SandboxFiles) -> None:
-    await asyncio.to_thread(shutil.rmtree, files.dir, True)
+    await asyncio.to_thread(remove_sandbox_files_sync, files)
+
+
+def remove_sandbox_files_sync(files: SandboxFiles) -> None:
+    shutil.rmtree(files.dir, True)

@@ -23,10 +23,17 @@ from pycri.service import records
 from pycri.service.container_events import DELETED
 from pycri.service.container_remove import remove_container
 from pycri.service.context import RuntimeContext
-from pycri.service.sandbox_files import SandboxFiles, remove_sandbox_files
+from pycri.service.sandbox_files import SandboxFiles, remove_sandbox_files_sync
 from pycri.service.sandbox_stop import stop_sandbox
+from pycri.store.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
+
+
+def _remove_files(rt: RuntimeContext, sandbox: Sandbox) -> None:
+    """Blocking: the pause task's cgroup if runc left it (its shim died), then the files."""
+    records.remove_cgroup_sync(sandbox.metadata.cgroups_path(sandbox.id))
+    remove_sandbox_files_sync(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
 
 
 async def remove_pod_sandbox(
@@ -41,10 +48,9 @@ async def remove_pod_sandbox(
         if sandbox.task.may_exist:
             await records.kill_and_delete_task(rt, sandbox.id, stray_shim=True)
             sandbox.task.deleted()
-        await records.remove_cgroup_of(sandbox.metadata.cgroups_path(sandbox.id))
         await records.delete_record(rt, sandbox.id)
         await sandbox.retire(f"sandbox {sandbox.id}")  # no late write re-creates its directory
-        await remove_sandbox_files(SandboxFiles(rt.paths.sandbox_dir(sandbox.id)))
+        await asyncio.to_thread(_remove_files, rt, sandbox)  # one worker-thread hop
     rt.events.emit(sandbox.id, DELETED)  # while its status can still be read
     rt.sandboxes.remove(sandbox.id)
     rt.sandbox_names.release(sandbox.metadata.name, sandbox.id)
