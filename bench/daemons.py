@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.cri import CriClient
@@ -183,6 +183,7 @@ class MemorySample:
     daemon_pss_bytes: int
     shim_bytes: int
     shims: int
+    parts_pss: dict[str, int] = field(default_factory=dict)  # PSS by daemon process
 
 
 class Runtime:
@@ -216,13 +217,15 @@ class Runtime:
     def memory(self) -> MemorySample:
         pids = self.daemon_pids()
         parts = {name: rss_bytes(pid) for name, pid in pids.items()}
+        parts_pss = {name: pss_bytes(pid) for name, pid in pids.items()}
         shims = shim_pids(containerd_address=self.containerd_socket)
         return MemorySample(
             daemon_bytes=sum(parts.values()),
             parts=parts,
-            daemon_pss_bytes=sum(pss_bytes(pid) for pid in pids.values()),
+            daemon_pss_bytes=sum(parts_pss.values()),
             shim_bytes=sum(rss_bytes(pid) for pid in shims),
             shims=len(shims),
+            parts_pss=parts_pss,
         )
 
     async def wait_ready(self, *, timeout: float = READY_TIMEOUT) -> None:

@@ -43,6 +43,7 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     lifecycle: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     exits: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     rss: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    fsinfo: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         runtime, scenario, result = run["runtime"], run["scenario"], run["result"]
         if scenario == "lifecycle":
@@ -53,6 +54,8 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             )
         elif scenario == "rss":
             rss[runtime].append(result)
+        elif scenario == "fsinfo":
+            fsinfo[runtime].append(result)
     summary: dict[str, Any] = {
         r: {"lifecycle": {}, "exit-latency": {}, "hol": {}, "rss": {}} for r in RUNTIMES
     }
@@ -119,6 +122,14 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "loaded_shim_mib": result["loaded"]["shim_bytes"] / MIB,
             "correctness": result["correctness"],
         }
+    for runtime, results in fsinfo.items():
+        correctness = {}
+        for result in results:
+            _add_correctness(correctness, result["correctness"])
+        summary.setdefault(runtime, {})["fsinfo"] = {
+            mode: summarize([s for r in results for s in r[mode]]).to_json()
+            for mode in ("burst", "paced")
+        } | {"pace_seconds": results[0]["pace_seconds"], "correctness": correctness}
     return summary
 
 
@@ -269,6 +280,17 @@ def evaluate_targets(summary: dict[str, Any], *, hol_size: int = 128) -> list[Ta
                 detail="; ".join(parts) or NO_VALUE,
             )
         )
+    p = _get(summary, PYCRI, "fsinfo", "paced", "p50")
+    c = _get(summary, CONTAINERD, "fsinfo", "paced", "p50")
+    targets.append(
+        Target(
+            name="ImageFsInfo p50, kubelet-paced: pycri / containerd-CRI",
+            measured=ratio(p, c),
+            bound=1.0,
+            at_most=True,
+            detail=f"{_ms(p)} vs {_ms(c)}",
+        )
+    )
     pods = summary.get(PYCRI, {}).get("rss", {}).get("pods", "?")
     for key, label, bound in (
         ("idle_mib", "RSS idle", 1.3),
@@ -367,6 +389,9 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
         rows.append(["… of which (pycri's processes, MiB)", split, NO_VALUE, NO_VALUE])
     add(f"PSS with {pods} running pods (shared pages split)", ("rss", "loaded_pss_mib"), "mib")
     add(f"shims' RSS with {pods} pods (not counted above)", ("rss", "loaded_shim_mib"), "mib")
+    pace = summary.get(PYCRI, {}).get("fsinfo", {}).get("pace_seconds", "?")
+    add("ImageFsInfo p50, back to back", ("fsinfo", "burst", "p50"), "ms")
+    add(f"ImageFsInfo p50, {pace} s apart (as kubelet calls it)", ("fsinfo", "paced", "p50"), "ms")
     return rows
 
 
@@ -534,6 +559,8 @@ def _correctness_rows(summary: dict[str, Any]) -> list[list[str]]:
             entries.append((f"hol N={n}+1", e["correctness"]))
         if scenarios.get("rss"):
             entries.append(("rss", scenarios["rss"]["correctness"]))
+        if scenarios.get("fsinfo"):
+            entries.append(("fsinfo", scenarios["fsinfo"]["correctness"]))
         for label, c in entries:
             rows.append(
                 [

@@ -10,7 +10,8 @@ What it does, in order:
 2. starts pycri (``pycri serve --enable-fault-injection``, managed containerd) and a separate
    containerd with its CRI plugin, each under its own temp dir, and loads both images into
    each (``pycri.images.importer``, namespace ``k8s.io``);
-3. ``rss`` on both while they are fresh (idle, with 100 running pods, after removal);
+3. ``rss`` on both while they are fresh (idle, with 100 running pods, after removal), then
+   ``fsinfo`` (ImageFsInfo back to back and kubelet-paced, ``bench.fsinfo``);
 4. each repetition runs lifecycle (C=1, 4, 8), exit-latency (N=1, 32, 128) and hol on both,
    switching runtime scenario by scenario and swapping which goes first every repetition,
    so slow drifts of the machine hit both alike;
@@ -55,6 +56,7 @@ from bench.daemons import (
     short_temp_dir,
     wait_for_quiet_machine,
 )
+from bench.fsinfo import run_image_fs_info
 from bench.profiling import PySpyRecording, summarize_collapsed
 from bench.scenarios import (
     FAULT_DELETE_DELAY_LABEL,
@@ -218,6 +220,15 @@ async def _run_rss(session: Session, *, plan: Plan) -> None:
         )
 
 
+async def _run_fsinfo(session: Session) -> None:
+    """ImageFsInfo on both, images loaded (``bench.fsinfo``: back to back, then paced)."""
+    await session.settle()
+    results = await run_image_fs_info(clients=session.clients)
+    for runtime in session.runtimes:
+        result = results[runtime.name]
+        session.record(rep=0, runtime=runtime, scenario="fsinfo", params={}, result=result)
+
+
 async def _profile_pycri(
     session: Session, *, pycri: Pycri, plan: Plan, out_dir: Path, stem: str
 ) -> dict[str, Any]:
@@ -373,6 +384,8 @@ async def compare(
         session = Session(runtimes=runtimes, work_dir=work_dir)
         log(f"rss: {plan.rss_pods} pods on each")
         await _run_rss(session, plan=plan)
+        log("ImageFsInfo: back to back, then paced, on both")
+        await _run_fsinfo(session)
         for rep in range(plan.repetitions):
             log(f"repetition {rep + 1} of {plan.repetitions}")
             await _run_scenarios_once(session, plan=plan, rep=rep)

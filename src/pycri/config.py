@@ -8,12 +8,33 @@ full default configuration (``default_toml``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/pycri/config.toml")
+# containerd plugins pycri never calls, not loaded by the managed containerd by default
+# (less memory, fewer start-up probes; see pycri.containerd.supervisor)
+UNUSED_CONTAINERD_PLUGINS = (
+    # snapshotters other than the configured one (which is never disabled)
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.snapshotter.v1.native",
+    # cgroup metrics and OOM events of v1-runtime tasks: pycri runs runc v2 shims, which
+    # report their OOMs and stats themselves
+    "io.containerd.monitor.v1.cgroups",
+    # restarts containers labelled for it: pycri restarts nothing behind kubelet's back
+    "io.containerd.internal.v1.restart",
+    # installs managed binaries under root/opt: pycri installs none
+    "io.containerd.internal.v1.opt",
+    # OpenTelemetry export (absent from Debian's 1.6 build; listed for builds that have it)
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+)
 
 
 class ConfigError(ValueError):
@@ -79,6 +100,15 @@ class Config:
     containerd_address: str = ""
     # the containerd binary for the managed containerd
     containerd_binary: str = "containerd"
+    # plugins the managed containerd does not load (its CRI plugin is always off; the
+    # configured snapshotter is always kept); [] loads all of them
+    managed_containerd_disabled_plugins: list[str] = field(
+        default_factory=lambda: list(UNUSED_CONTAINERD_PLUGINS)
+    )
+    # Go soft memory limit of the managed containerd (GOMEMLIMIT, e.g. "64MiB"); empty: none
+    managed_containerd_memory_limit: str = ""
+    # Go GC percent of the managed containerd (GOGC); 0: Go's default (100), < 0: off
+    managed_containerd_gogc: int = 0
     # image of the pod sandbox (pause) container
     sandbox_image: str = "registry.k8s.io/pause:3.9"
     # the runtime handler of pods whose RunPodSandbox names none (a [runtimes.NAME] table)
@@ -115,6 +145,9 @@ class Config:
     stream_max_concurrent: int = 128
     # ExecSync calls running at once (each may hold up to 16 MiB of output); more wait
     max_concurrent_exec_sync: int = 32
+    # seconds between background walks of the snapshotter directory for ImageFsInfo (an
+    # image pull or removal triggers one early)
+    image_fs_info_period: int = 10
     # cgroup (cgroupfs driver) under which pods whose config names no cgroup_parent are put;
     # give each daemon on a node its own
     cgroup_parent: str = "/pycri"
@@ -135,6 +168,7 @@ class Config:
         return self.containerd_address or str(Path(self.state) / "containerd" / "containerd.sock")
 
 
+_GO_MEMORY_LIMIT = re.compile(r"[0-9]+(B|KiB|MiB|GiB|TiB)?")
 _CHOICES = {"log_format": ("text", "json"), "log_level": ("debug", "info", "warning", "error")}
 
 
@@ -207,9 +241,22 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             "config keys 'stream_tls_cert_file' and 'stream_tls_key_file' go together"
         )
-    for key in ("stream_idle_timeout", "stream_max_concurrent", "max_concurrent_exec_sync"):
+    for key in (
+        "stream_idle_timeout",
+        "stream_max_concurrent",
+        "max_concurrent_exec_sync",
+        "image_fs_info_period",
+    ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be positive")
+    if config.managed_containerd_memory_limit and not _GO_MEMORY_LIMIT.fullmatch(
+        config.managed_containerd_memory_limit
+    ):
+        raise ConfigError(
+            "config key 'managed_containerd_memory_limit': "
+            f"{config.managed_containerd_memory_limit!r} is not a Go memory limit "
+            "(a number of bytes with an optional B, KiB, MiB, GiB or TiB suffix)"
+        )
     for host, mirrors in config.registry.mirrors.items():
         if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
             raise ConfigError(f"config key 'registry.mirrors.{host}': expected a list of URLs")

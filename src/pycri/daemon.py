@@ -21,7 +21,7 @@ from pycri.api.server import CRIServer, prepare_socket
 from pycri.config import Config, ConfigError
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.health import ContainerdHealth
-from pycri.containerd.supervisor import ManagedContainerd
+from pycri.containerd.supervisor import ManagedContainerd, disabled_plugins, go_environment
 from pycri.events.container_events import ContainerEventBroadcaster
 from pycri.events.dispatcher import EventDispatcher
 from pycri.events.monitor import ExitMonitors
@@ -66,7 +66,7 @@ def build_runtime(
     publisher. Nothing here starts a task: ``Daemon.start`` does, in its order.
     """
     paths = Paths(root=Path(config.root), state=Path(config.state))
-    metrics = Metrics()
+    metrics = Metrics(enabled=bool(config.metrics_address))  # off: prometheus never loaded
     sandboxes, containers = SandboxStore(), ContainerStore()
     events = ContainerEventPublisher(
         sandboxes=sandboxes,
@@ -180,12 +180,25 @@ class Daemon:
         self.managed: ManagedContainerd | None = None
         if config.managed_containerd:
             self.managed = ManagedContainerd(
-                root=Path(config.root), state=Path(config.state), binary=config.containerd_binary
+                root=Path(config.root),
+                state=Path(config.state),
+                binary=config.containerd_binary,
+                disabled=disabled_plugins(
+                    unused=config.managed_containerd_disabled_plugins,
+                    snapshotter=config.snapshotter,
+                ),
+                env=go_environment(
+                    memory_limit=config.managed_containerd_memory_limit,
+                    gogc=config.managed_containerd_gogc,
+                ),
             )
         self.client = ContainerdClient(config.containerd_socket)
         self.health = ContainerdHealth(self.client)
         self.images = ImageStore(
-            self.client, snapshotter=config.snapshotter, pinned_refs=[config.sandbox_image]
+            self.client,
+            snapshotter=config.snapshotter,
+            pinned_refs=[config.sandbox_image],
+            usage_period=float(config.image_fs_info_period),
         )
         self.runtime = rt = build_runtime(
             config=config, client=self.client, health=self.health, images=self.images
@@ -261,6 +274,7 @@ class Daemon:
         await self.health.probe()
         self.health.start()
         await self.images.refresh_all()
+        self.images.usage.start()  # ImageFsInfo's figure, walked in the background
         self.runtime.dispatcher.start()
         self.runtime.undo.start()
         # Subscribe before recovery, so nothing emitted during recovery is lost.
@@ -300,6 +314,7 @@ class Daemon:
         await self.runtime.monitors.stop()
         await self.runtime.dispatcher.stop()
         await self.runtime.undo.stop()
+        await self.images.usage.stop()
         for container in self.runtime.containers.all():
             if container.io is not None:  # keep the FIFOs: the containers live on
                 await container.io.detach()

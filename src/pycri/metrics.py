@@ -1,7 +1,9 @@
 """Prometheus metrics of pycri, served on ``--metrics-address`` (off by default).
 
 Built on ``prometheus_client``, with a registry of its own per daemon (never the library's
-global one, so two runtimes in one process never share counters):
+global one, so two runtimes in one process never share counters). With metrics off
+(``Metrics(enabled=False)``, no ``metrics_address``) the library is never imported (about
+3 MiB of pycri's memory): recording is a no-op and readers are only kept.
 
 - recorded on the hot path: the exit-handling latency histogram and the failure counter by
   step, both thread-safe library objects;
@@ -25,24 +27,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Literal
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
-# ``*_created`` series (one per counter and histogram) say only when pycri started, which
-# process_start_time_seconds already does: leave them out.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for the event loop
@@ -104,7 +98,7 @@ _LIVE_BY_NAME = {m.name: m for m in LIVE_METRICS}
 Reader = Callable[[], float]
 
 
-class _LiveCollector(Collector):
+class _LiveReaders:
     def __init__(self) -> None:
         self.readers: dict[str, Reader] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -137,11 +131,21 @@ class _LiveCollector(Collector):
             log.warning("metrics scrape: event loop did not answer; live values left out")
             return {}
 
-    def collect(self) -> Iterator[Metric]:
-        for name, value in self._snapshot().items():
-            spec = _LIVE_BY_NAME[name]
-            family = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-            yield family(name, spec.help, value=value)
+    def collector(self) -> Collector:
+        """The live values as a ``prometheus_client`` collector (imports the library)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.registry import Collector
+
+        live = self
+
+        class LiveCollector(Collector):
+            def collect(self) -> Iterator[Metric]:
+                for name, value in live._snapshot().items():
+                    spec = _LIVE_BY_NAME[name]
+                    family = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+                    yield family(name, spec.help, value=value)
+
+        return LiveCollector()
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -154,23 +158,50 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
 class Metrics:
     """pycri's metrics registry: hot-path recorders plus live readers bound by name."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.exit_latency = Histogram(
+    def __init__(self, *, enabled: bool = True) -> None:
+        self._live = _LiveReaders()
+        self._registry: CollectorRegistry | None = None
+        self._exit_latency: Histogram | None = None
+        self._failures: Counter | None = None
+        if not enabled:
+            return
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            ProcessCollector,
+            disable_created_metrics,
+        )
+
+        # ``*_created`` series (one per counter and histogram) say only when pycri started,
+        # which process_start_time_seconds already does: leave them out.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._exit_latency = Histogram(
             "pycri_exit_handling_seconds",
             "Time from a process exit (containerd's exited_at) to its status being persisted.",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self._registry,
         )
         self._failures = Counter(
             "pycri_event_handling_failures",
             "Failed exit/OOM handling attempts by step.",
             ["step"],
-            registry=self.registry,
+            registry=self._registry,
         )
-        self._live = _LiveCollector()
-        self.registry.register(self._live)
-        ProcessCollector(registry=self.registry)
+        self._registry.register(self._live.collector())
+        ProcessCollector(registry=self._registry)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            raise RuntimeError("metrics are off (no metrics_address)")
+        return self._registry
+
+    def exit_handled(self, seconds: float) -> None:
+        """One exit's latency from containerd's exited_at to its persisted status."""
+        if self._exit_latency is not None:
+            self._exit_latency.observe(seconds)
 
     def bind(self, name: str, read: Reader) -> None:
         """Attach the reader of a live metric (a name of ``LIVE_METRICS``)."""
@@ -179,10 +210,13 @@ class Metrics:
         self._live.readers[name] = read
 
     def step_failed(self, step: str) -> None:
-        self._failures.labels(step=step).inc()
+        if self._failures is not None:
+            self._failures.labels(step=step).inc()
 
     def render(self) -> str:
         """The text exposition, as a scrape would get it."""
+        from prometheus_client.exposition import generate_latest
+
         return generate_latest(self.registry).decode()
 
     def serve_from(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -202,6 +236,8 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
+        from prometheus_client.exposition import start_http_server
+
         self.metrics.serve_from(asyncio.get_running_loop())
         server, thread = await asyncio.to_thread(
             start_http_server, self.port, addr=self.host, registry=self.metrics.registry

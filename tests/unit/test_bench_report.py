@@ -70,6 +70,21 @@ def _rss(runtime: str, loaded_mib: float) -> dict[str, Any]:
     }
 
 
+def _fsinfo(runtime: str, burst: list[float], paced: list[float]) -> dict[str, Any]:
+    return {
+        "rep": 0,
+        "runtime": runtime,
+        "scenario": "fsinfo",
+        "params": {},
+        "result": {
+            "burst": burst,
+            "paced": paced,
+            "pace_seconds": 6.0,
+            "correctness": _correct(len(burst) + len(paced)),
+        },
+    }
+
+
 def _runs() -> list[dict[str, Any]]:
     p, c = report.PYCRI, report.CONTAINERD
     return [
@@ -88,6 +103,8 @@ def _runs() -> list[dict[str, Any]]:
         _exits(c, "hol", 128, [1.6] * 128, delayed=1.0),
         _rss(p, 120.0),
         _rss(c, 90.0),
+        _fsinfo(p, [0.001, 0.002, 0.003], [0.002, 0.004]),
+        _fsinfo(c, [0.001] * 3, [0.002] * 2),
     ]
 
 
@@ -104,6 +121,9 @@ def test_runs_are_pooled_per_runtime_and_scenario() -> None:
     assert summary[report.PYCRI]["hol"]["128"]["delayed_latencies"] == [0.1]
     assert summary[report.CONTAINERD]["rss"]["loaded_mib"] == 90.0
     assert summary[report.PYCRI]["rss"]["loaded_shims"] == 2
+    fsinfo = summary[report.PYCRI]["fsinfo"]
+    assert fsinfo["burst"]["p50"] == 0.002 and fsinfo["paced"]["p50"] == 0.003
+    assert fsinfo["correctness"]["checked"] == 5
 
 
 def test_targets_are_ratios_of_one_run() -> None:
@@ -131,6 +151,8 @@ def test_targets_are_ratios_of_one_run() -> None:
     assert targets["RunPodSandbox p50, worst C"].met  # equal samples: 1.0
     assert not targets["RemoveContainer p50, worst C"].met  # not measured
     assert targets["RSS idle"].met  # 40 vs 40
+    fsinfo = targets["ImageFsInfo p50, kubelet-paced"]
+    assert not fsinfo.met and math.isclose(fsinfo.measured, 0.003 / 0.002)
     memory = targets["RSS with 2 running pods"]
     assert not memory.met and math.isclose(memory.measured, 120 / 90)
 

@@ -18,7 +18,7 @@ def _value(body: str, name: str) -> float:
 
 def test_recorded_live_and_process_metrics_render() -> None:
     metrics = Metrics()
-    metrics.exit_latency.observe(0.02)
+    metrics.exit_handled(0.02)
     metrics.step_failed("delete_task")
     metrics.step_failed("delete_task")
     metrics.bind("pycri_exit_monitors", lambda: 7)

@@ -16,6 +16,14 @@ Life cycle and its races:
   readiness is always probed, never remembered.
 - **Stop.** SIGTERM, then SIGKILL after a grace period. Shims are separate processes, so
   running containers survive a containerd stop and are picked up again by the next start.
+
+Only the plugins pycri uses are loaded (``render_config``): pycri needs content, metadata,
+one snapshotter, the walking differ, leases, events, GC, introspection, the v2 task runtime
+(the v1 runtime too: containerd's tasks service refuses to start without one) and the
+services on top of them. Everything in ``config.UNUSED_CONTAINERD_PLUGINS`` is disabled
+unless the operator keeps it (``managed_containerd_disabled_plugins``); a Go memory limit
+and GC percent, if configured (``managed_containerd_memory_limit``,
+``managed_containerd_gogc``), are passed to it as ``GOMEMLIMIT`` / ``GOGC``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pycri.containerd.client import ContainerdClient
@@ -39,14 +48,36 @@ READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 
 
-def render_config(*, root: Path, state: Path, socket: Path) -> str:
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"  # always off: pycri is the CRI
+SNAPSHOTTER_PLUGIN_PREFIX = "io.containerd.snapshotter.v1."
+
+
+def disabled_plugins(*, unused: Sequence[str], snapshotter: str) -> list[str]:
+    """The CRI plugin and the given unused ones, never the configured snapshotter."""
+    keep = SNAPSHOTTER_PLUGIN_PREFIX + snapshotter
+    return [CRI_PLUGIN, *(p for p in unused if p not in (keep, CRI_PLUGIN))]
+
+
+def go_environment(*, memory_limit: str, gogc: int) -> dict[str, str]:
+    """GOMEMLIMIT / GOGC for the managed containerd; empty and 0 leave Go's defaults."""
+    env = {}
+    if memory_limit:
+        env["GOMEMLIMIT"] = memory_limit
+    if gogc:
+        env["GOGC"] = str(gogc) if gogc > 0 else "off"
+    return env
+
+
+def render_config(
+    *, root: Path, state: Path, socket: Path, disabled: Sequence[str] = (CRI_PLUGIN,)
+) -> str:
     """containerd 1.6 config (version 2) for a private instance without its CRI plugin."""
     return "\n".join(
         [
             "version = 2",
             f'root = "{root}"',
             f'state = "{state}"',
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+            "disabled_plugins = [" + ", ".join(f'"{p}"' for p in disabled) + "]",
             "",
             "[grpc]",
             f'  address = "{socket}"',
@@ -57,7 +88,7 @@ def render_config(*, root: Path, state: Path, socket: Path) -> str:
             "[debug]",
             '  level = "info"',
             "",
-            '[plugins."io.containerd.internal.v1.opt"]',
+            '[plugins."io.containerd.internal.v1.opt"]',  # used only if not disabled
             f'  path = "{root}/opt"',
             "",
         ]
@@ -117,10 +148,20 @@ async def _wait_pid(pid: int) -> None:
 class ManagedContainerd:
     """Runs and supervises a private containerd under ``root``/``state``."""
 
-    def __init__(self, *, root: Path, state: Path, binary: str = "containerd") -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        state: Path,
+        binary: str = "containerd",
+        disabled: Sequence[str] = (CRI_PLUGIN,),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root / "containerd"
         self.state = state / "containerd"
         self.binary = binary
+        self.disabled = tuple(disabled)
+        self.env = dict(env or {})  # added to pycri's own environment
         self.socket = self.state / "containerd.sock"
         self.config_path = self.state / "config.toml"
         self.pid_path = self.state / "containerd.pid"
@@ -156,6 +197,7 @@ class ManagedContainerd:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         finally:
             log_file.close()
@@ -163,7 +205,13 @@ class ManagedContainerd:
         await asyncio.to_thread(self.pid_path.write_text, str(self.pid))
         log.info(
             "started managed containerd",
-            extra={"pid": self.pid, "socket": str(self.socket), "log": str(self.log_path)},
+            extra={
+                "pid": self.pid,
+                "socket": str(self.socket),
+                "log": str(self.log_path),
+                "disabled_plugins": ",".join(self.disabled),
+                **{k.lower(): v for k, v in self.env.items()},
+            },
         )
         deadline = time.monotonic() + READY_TIMEOUT
         while not await answers(self.socket, timeout=1.0):
@@ -183,7 +231,9 @@ class ManagedContainerd:
         if self.socket.exists():
             self.socket.unlink()  # stale: nothing answered on it
         self.config_path.write_text(
-            render_config(root=self.root, state=self.state, socket=self.socket)
+            render_config(
+                root=self.root, state=self.state, socket=self.socket, disabled=self.disabled
+            )
         )
 
     def _read_pid(self) -> int | None:

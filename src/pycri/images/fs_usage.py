@@ -1,13 +1,10 @@
-"""Disk usage of the snapshotter's directory, for ImageFsInfo: sampled off the loop, cached.
+"""Disk usage of the snapshotter's directory, for ImageFsInfo: one walk, off the loop.
 
 kubelet calls ImageFsInfo every few seconds and decides on image GC and evictions from it.
-Walking a snapshotter directory can take long on a busy node, so:
+Walking a snapshotter directory can take long on a busy node, so the walk runs in a thread
+(``asyncio.to_thread``), never on the event loop, and ``images.usage_refresher`` runs it in
+the background and keeps the figure, so no call waits for it.
 
-- The walk runs in a thread (``asyncio.to_thread``), never on the event loop.
-- A sample is reused for ``max_age`` seconds: usage changes slowly and kubelet tolerates a
-  slightly old value (containerd's plugin samples every 10 s in the background).
-- Concurrent callers share one walk (single flight): a second request during a walk awaits the
-  same task instead of starting another walk.
 - The walk counts allocated blocks (like ``du``), each hard-linked inode once, and stays on the
   directory's file system, so bind or overlay mounts below it are not counted twice.
 
@@ -72,16 +69,12 @@ def measure(path: Path) -> tuple[int, int]:
 
 
 class SnapshotterUsage:
-    """Cached usage of one snapshotter's root directory."""
+    """Measures one snapshotter's root directory; ``usage_refresher`` keeps the figure."""
 
-    def __init__(self, client: ContainerdClient, *, snapshotter: str, max_age: float = 5.0) -> None:
+    def __init__(self, client: ContainerdClient, *, snapshotter: str) -> None:
         self._client = client
         self.snapshotter = snapshotter
-        self.max_age = max_age
         self._root: Path | None = None
-        self._sample: FilesystemUsage | None = None
-        self._sampled_at = 0.0
-        self._walk: asyncio.Task[FilesystemUsage] | None = None
 
     async def root(self) -> Path:
         """The snapshotter's root directory, as containerd exports it (asked once)."""
@@ -104,25 +97,11 @@ class SnapshotterUsage:
                 )
         return self._root
 
-    async def usage(self) -> FilesystemUsage:
-        now = time.monotonic()
-        if self._sample is not None and now - self._sampled_at < self.max_age:
-            return self._sample
-        if self._walk is None or self._walk.done():
-            # A finished walk here failed (a good one left a fresh sample): walk again.
-            self._walk = asyncio.create_task(self._measure())
-            self._walk.add_done_callback(_consume_exception)
-        # shield: a caller cancelled mid-walk must not cancel the walk other callers share
-        return await asyncio.shield(self._walk)
-
-    async def _measure(self) -> FilesystemUsage:
+    async def measure(self) -> FilesystemUsage:
+        """Walk the root now, in a thread."""
         root = await self.root()
         started = time.monotonic()
         used, inodes = await asyncio.to_thread(measure, root)
-        sample = FilesystemUsage(
-            timestamp_ns=time.time_ns(), mountpoint=str(root), used_bytes=used, inodes_used=inodes
-        )
-        self._sample, self._sampled_at = sample, time.monotonic()
         log.debug(
             "measured snapshotter usage",
             extra={
@@ -132,10 +111,6 @@ class SnapshotterUsage:
                 "duration_ms": round((time.monotonic() - started) * 1e3, 1),
             },
         )
-        return sample
-
-
-def _consume_exception(task: asyncio.Task[FilesystemUsage]) -> None:
-    # Every waiter gets the error; this only keeps asyncio from warning when none is left.
-    if not task.cancelled():
-        task.exception()
+        return FilesystemUsage(
+            timestamp_ns=time.time_ns(), mountpoint=str(root), used_bytes=used, inodes_used=inodes
+        )

@@ -51,7 +51,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
@@ -72,7 +72,9 @@ from pycri.images.document import (
     verify,
 )
 from pycri.images.reference import Reference
-from pycri.images.registry import Registry, RegistrySession
+
+if TYPE_CHECKING:
+    from pycri.images.registry import Registry, RegistrySession
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,8 @@ class ImagePuller:
         progress_interval: float = 10.0,
     ) -> None:
         self.client = client
-        self.registry = Registry(config)
+        self._registry_config = config
+        self._registry: Registry | None = None
         self.snapshotter = snapshotter
         self.arch = arch or spec.go_arch()
         self.progress_interval = progress_interval
@@ -196,10 +199,21 @@ class ImagePuller:
         self._pulls: SingleFlight[tuple[str, str], PulledImage] = SingleFlight()
         self._blobs: SingleFlight[str, int] = SingleFlight()
 
+    @property
+    def registry(self) -> Registry:
+        """The registry client, made at the first pull: a node whose images are all loaded
+        never imports the HTTP stack (httpx and its dependencies, about 2 MiB)."""
+        if self._registry is None:
+            from pycri.images.registry import Registry
+
+            self._registry = Registry(self._registry_config)
+        return self._registry
+
     async def close(self) -> None:
         await self._pulls.cancel_all()
         await self._blobs.cancel_all()
-        await self.registry.close()
+        if self._registry is not None:
+            await self._registry.close()
 
     async def pull(self, ref: Reference, *, credentials: Credentials | None = None) -> PulledImage:
         """Pull ``ref`` (normalised; a digest wins over a tag) unless that pull is running."""

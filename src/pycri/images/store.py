@@ -46,6 +46,7 @@ from pycri.containerd.errors import NotFoundError
 from pycri.images import reference, spec
 from pycri.images.fs_usage import FilesystemUsage, SnapshotterUsage
 from pycri.images.model import Image, ImageConfig
+from pycri.images.usage_refresher import UsageRefresher
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class ImageStore:
         snapshotter: str = "overlayfs",
         pinned_refs: Sequence[str] = (),
         arch: str | None = None,
+        usage_period: float = 10.0,
     ) -> None:
         self._client = client
         self.snapshotter = snapshotter
@@ -135,7 +137,10 @@ class ImageStore:
         self._images: dict[str, Image] = {}
         self._targets: dict[str, _Resolved] = {}
         self._refresh_lock = asyncio.Lock()
-        self.usage = SnapshotterUsage(client, snapshotter=snapshotter)
+        # ImageFsInfo's figure; the daemon starts its refresh task, image changes poke it.
+        self.usage = UsageRefresher(
+            source=SnapshotterUsage(client, snapshotter=snapshotter).measure, period=usage_period
+        )
 
     # --- reads: memory only -------------------------------------------------------------
 
@@ -222,6 +227,7 @@ class ImageStore:
                 "image store loaded",
                 extra={"records": len(self._records), "images": len(self._images)},
             )
+        self.usage.poke()
 
     async def refresh(self, name: str) -> Image | None:
         """Re-read one containerd record (an image event for ``name``); the image it names now.
@@ -243,6 +249,7 @@ class ImageStore:
                 )
                 item = None
             self._apply(name, item)
+            self.usage.poke()  # a pull, an import or a removal changes the snapshotter's use
             if item is not None:
                 await self._refresh_siblings(name, item)
             return self._images.get(item.resolved.image_id) if item else None

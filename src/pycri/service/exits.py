@@ -133,7 +133,7 @@ class ExitHandler:
         except Exception as err:
             raise StepFailed("persist", err) from err
         if recorded:
-            self._metrics.exit_latency.observe(max(time.time_ns() - event.exited_at, 0) / 1e9)
+            self._metrics.exit_handled(max(time.time_ns() - event.exited_at, 0) / 1e9)
             self._events.emit(container.id, STOPPED)
         log.info(
             "container exit recorded",
