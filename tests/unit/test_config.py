@@ -62,3 +62,17 @@ def test_managed_containerd_socket() -> None:
     assert config.managed_containerd
     assert config.containerd_socket == "/run/p/containerd/containerd.sock"
     assert Config(containerd_address="/x.sock").containerd_socket == "/x.sock"
+
+
+def test_managed_containerd_plugins_and_go_limits() -> None:
+    from pycri.config import UNUSED_CONTAINERD_PLUGINS, validate
+    from pycri.containerd.supervisor import CRI_PLUGIN, disabled_plugins, go_environment
+
+    native = disabled_plugins(unused=UNUSED_CONTAINERD_PLUGINS, snapshotter="native")
+    assert native[0] == CRI_PLUGIN and "io.containerd.snapshotter.v1.native" not in native
+    assert "io.containerd.snapshotter.v1.overlayfs" not in native
+    assert disabled_plugins(unused=[], snapshotter="overlayfs") == [CRI_PLUGIN]  # CRI always off
+    assert go_environment(memory_limit="", gogc=0) == {}
+    assert go_environment(memory_limit="64MiB", gogc=-1) == {"GOMEMLIMIT": "64MiB", "GOGC": "off"}
+    with pytest.raises(ConfigError, match="managed_containerd_memory_limit"):
+        validate(Config(managed_containerd_memory_limit="64 megs"))

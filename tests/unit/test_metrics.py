@@ -91,3 +91,17 @@ async def test_a_stalled_loop_does_not_hang_a_scrape(monkeypatch: pytest.MonkeyP
         await server.stop()
     assert "pycri_sandboxes " not in body
     assert "process_resident_memory_bytes" in body
+
+
+def test_metrics_off_never_import_prometheus_and_record_nothing() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pycri.metrics import Metrics; m = Metrics(enabled=False); "
+        "m.exit_handled(0.1); m.step_failed('persist'); m.bind('pycri_sandboxes', lambda: 1); "
+        "assert 'prometheus_client' not in sys.modules, 'imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(RuntimeError, match="metrics are off"):
+        Metrics(enabled=False).render()
