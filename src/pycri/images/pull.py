@@ -53,8 +53,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import httpx
-
 from pycri.config import RegistryConfig
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
@@ -424,6 +422,8 @@ async def blob_chunks(
     session: RegistrySession, desc: dict[str, Any], offset: int
 ) -> AsyncGenerator[bytes, None]:
     """The blob's bytes from ``offset``, in ``CHUNK_SIZE`` pieces, never past its size."""
+    import httpx  # loaded with the registry client, at the first pull (see ``registry``)
+
     digest, size = desc["digest"], desc["size"]
     async with session.open_blob(digest, offset=offset) as response:
         # 200: the registry ignored Range and sends it all; skip what containerd has.
