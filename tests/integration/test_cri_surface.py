@@ -36,6 +36,7 @@ from pycri.images.registry import Registry
 from pycri.service.registry import IMAGE_RPCS, RUNTIME_RPCS
 from pycri.testing.images import LayerEntry, build_image, busybox_entries
 from pycri.testing.push import push_layout
+from pycri.testing.registry import LocalRegistry
 from tests.integration.helpers import (
     CRI,
     DEBIAN_CNI,
@@ -58,7 +59,6 @@ from tests.integration.pods import (
     status,
     wait_exited,
 )
-from tests.integration.registry import LocalRegistry
 
 # Built by the lead engineer's streaming work; until main has them they stay UNIMPLEMENTED.
 STREAMING = ("Exec", "Attach", "PortForward")

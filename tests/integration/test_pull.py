@@ -31,6 +31,13 @@ from pycri.images.document import DigestMismatchError
 from pycri.images.registry import Registry
 from pycri.testing.images import BuiltImage, build_index
 from pycri.testing.push import push_layout
+from pycri.testing.registry import (
+    CuttingProxy,
+    LocalRegistry,
+    TokenServer,
+    free_port,
+    make_ca,
+)
 from tests.integration.helpers import (
     CRI,
     BuiltTestImages,
@@ -41,13 +48,6 @@ from tests.integration.helpers import (
     short_tmp,
 )
 from tests.integration.pods import container_config, pod_config
-from tests.integration.registry import (
-    CuttingProxy,
-    LocalRegistry,
-    TokenServer,
-    free_port,
-    make_ca,
-)
 
 USER, PASSWORD = "pycri", "s3cret-Passw0rd"
 WRONG_PASSWORD = "not-the-Passw0rd"

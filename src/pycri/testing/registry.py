@@ -1,6 +1,7 @@
-"""Test registries: Debian's docker-registry (distribution 2.8) on 127.0.0.1, started and killed
-by the tests themselves: plain, with TLS (a CA made here) and htpasswd basic auth, or with
-token auth (the bearer flow) against a token server the tests run in their event loop.
+"""Local registries: Debian's docker-registry (distribution 2.8) on 127.0.0.1, started and killed
+by the tests and the pull benchmark themselves: plain, with TLS (a CA made here) and htpasswd
+basic auth, or with token auth (the bearer flow) against a token server the tests run in
+their event loop.
 
 The registry's access log (combined log format on its stdout) is how tests count requests:
 ``registry.count("GET", "/v2/x/blobs/sha256:...")``.
@@ -24,7 +25,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -165,6 +165,8 @@ class LocalRegistry:
                 f"    key: {self.tls.key_file}",
             ]
         if self.users:
+            import bcrypt  # a dev dependency: only registries with users need it
+
             htpasswd = self.base / "htpasswd"
             htpasswd.write_text(
                 "".join(
