@@ -7,7 +7,8 @@
   same runc v2 shim, overlayfs, cgroupfs (``SystemdCgroup = false``), pause image
   ``registry.k8s.io/pause:3.9``, an empty CNI conf dir (host-network pods need none) and
   ``restrict_oom_score_adj = true`` (this VM drops CAP_SYS_RESOURCE, so a negative
-  oom_score_adj fails in runc).
+  oom_score_adj fails in runc); registry hosts from ``config_path = <base>/certs.d`` (the
+  pull scenario puts its local registry's ``hosts.toml`` there).
 
 Both get the same busybox and pause images, built by ``pycri.testing.images`` and loaded
 into their containerd (namespace ``k8s.io``) with ``pycri.images.importer``, so neither pulls.
@@ -77,6 +78,9 @@ def render_containerd_cri_config(*, base: Path) -> str:
             "  enable_selinux = false",
             '  stream_server_address = "127.0.0.1"',
             '  stream_server_port = "0"',
+            "",
+            f"[{cri}.registry]",
+            f'  config_path = "{base}/certs.d"',
             "",
             f"[{cri}.cni]",
             f'  bin_dir = "{CNI_BIN_DIR}"',
@@ -347,6 +351,11 @@ class ContainerdCri(Runtime):
     def containerd_socket(self) -> Path:
         return self.cri_socket
 
+    @property
+    def registry_hosts_dir(self) -> Path:
+        """``config_path`` of the CRI plugin's registry: ``<host>/hosts.toml`` files."""
+        return self.base / "certs.d"
+
     def daemon_pids(self) -> dict[str, int]:
         return {"containerd": self.proc.pid} if self.proc is not None else {}
 
@@ -389,6 +398,18 @@ async def load_images(*, runtime: Runtime, tarballs: ImageTarballs, timeout: flo
                 await asyncio.sleep(0.2)
     finally:
         await cri.close()
+
+
+def cpu_seconds(pids: dict[str, int]) -> float:
+    """User + system CPU seconds the processes have used so far (gone ones count 0)."""
+    total = 0
+    for pid in pids.values():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_times() -> tuple[int, int]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from bench.daemons import (
     Pycri,
     Runtime,
     build_images,
+    cpu_seconds,
     load_images,
     short_temp_dir,
     wait_for_quiet_machine,
@@ -56,7 +56,6 @@ from bench.specs import SLEEPER, container_config, pod_config
 from bench.stats import summarize
 
 REPO = Path(__file__).resolve().parents[1]
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 BRIDGE = "pycri-bm0"
 SUBNET = "10.97.0.0/16"
 CGROUP_PARENT = "/pycri-bench-metrics"
@@ -113,17 +112,6 @@ def remove_pod_cgroups() -> None:
         top.rmdir()
 
 
-def _cpu_seconds(pids: dict[str, int]) -> float:
-    total = 0
-    for pid in pids.values():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICK
-
-
 @dataclass(frozen=True, kw_only=True)
 class CallCost:
     rpc: str
@@ -168,14 +156,14 @@ async def measure(
     await wait_for_quiet_machine()
     walls: list[float] = []
     size = samples = 0
-    cpu_before = _cpu_seconds(runtime.daemon_pids())
+    cpu_before = cpu_seconds(runtime.daemon_pids())
     for _ in range(calls):
         started = time.perf_counter()
         response = await call(request, timeout=RPC_TIMEOUT)
         walls.append(time.perf_counter() - started)
         size, samples = response.ByteSize(), _samples(rpc, response)
         await asyncio.sleep(interval)
-    cpu = _cpu_seconds(runtime.daemon_pids()) - cpu_before
+    cpu = cpu_seconds(runtime.daemon_pids()) - cpu_before
     summary = summarize(walls)
     return CallCost(
         rpc=rpc,

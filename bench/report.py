@@ -44,6 +44,7 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
     exits: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     rss: dict[str, list[dict[str, Any]]] = defaultdict(list)
     fsinfo: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    pulls: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         runtime, scenario, result = run["runtime"], run["scenario"], run["result"]
         if scenario == "lifecycle":
@@ -56,6 +57,8 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             rss[runtime].append(result)
         elif scenario == "fsinfo":
             fsinfo[runtime].append(result)
+        elif scenario in PULL_SCENARIOS:
+            pulls[(runtime, scenario)].append({**result, "rep": run.get("rep", 0)})
     summary: dict[str, Any] = {
         r: {"lifecycle": {}, "exit-latency": {}, "hol": {}, "rss": {}} for r in RUNTIMES
     }
@@ -130,7 +133,38 @@ def summarize_runs(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             mode: summarize([s for r in results for s in r[mode]]).to_json()
             for mode in ("burst", "paced")
         } | {"pace_seconds": results[0]["pace_seconds"], "correctness": correctness}
+    for (runtime, scenario), results in sorted(pulls.items()):
+        summary.setdefault(runtime, {})[scenario] = _summarize_pulls(results)
     return summary
+
+
+PULL_SCENARIOS = ("pull", "ctr-pull")
+
+
+def _summarize_pulls(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds of every successful pull, pooled, and the p50 of each repetition."""
+    by_rep: dict[int, list[float]] = defaultdict(list)
+    cpu: list[float] = []
+    cpu_parts: dict[str, list[float]] = defaultdict(list)
+    correctness: dict[str, int] = {}
+    for result in results:
+        if not math.isnan(result["seconds"]):
+            by_rep[int(result["rep"])].append(result["seconds"])
+        if not math.isnan(result.get("cpu_seconds", math.nan)):
+            cpu.append(result["cpu_seconds"])
+            for name, seconds in result.get("cpu_parts", {}).items():
+                cpu_parts[name].append(seconds)
+        _add_correctness(correctness, result["correctness"])
+    pooled = [s for samples in by_rep.values() for s in samples]
+    return {
+        "trials": len(results),
+        "seconds": summarize(pooled).to_json(),
+        "cpu_seconds": summarize(cpu).to_json(),
+        "cpu_parts_p50": {name: summarize(v).p50 for name, v in sorted(cpu_parts.items())},
+        "p50_per_rep": [summarize(by_rep[rep]).p50 for rep in sorted(by_rep)],
+        "mib": results[0]["bytes"] / MIB if results else math.nan,
+        "correctness": correctness,
+    }
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -280,6 +314,22 @@ def evaluate_targets(summary: dict[str, Any], *, hol_size: int = 128) -> list[Ta
                 detail="; ".join(parts) or NO_VALUE,
             )
         )
+    p = _get(summary, PYCRI, "pull", "seconds", "p50")
+    c = _get(summary, CONTAINERD, "pull", "seconds", "p50")
+    if not (math.isnan(p) and math.isnan(c)):
+        reps = _paired_ratios(
+            summary.get(PYCRI, {}).get("pull", {}).get("p50_per_rep", []),
+            summary.get(CONTAINERD, {}).get("pull", {}).get("p50_per_rep", []),
+        )
+        targets.append(
+            Target(
+                name="PullImage p50 (one big layer + small ones): pycri / containerd-CRI",
+                measured=ratio(p, c),
+                bound=0.8,
+                at_most=True,
+                detail=f"{_ms(p)} vs {_ms(c)}; per repetition: {_spread(reps)}",
+            )
+        )
     p = _get(summary, PYCRI, "fsinfo", "paced", "p50")
     c = _get(summary, CONTAINERD, "fsinfo", "paced", "p50")
     targets.append(
@@ -379,6 +429,31 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[str]]:
                 _ratio_text(ratio(p, c)),
             ]
         )
+    pull = summary.get(PYCRI, {}).get("pull") or summary.get(CONTAINERD, {}).get("pull")
+    if pull:
+        what = f"{pull['mib']:.0f} MiB of layers"
+        add(f"PullImage p50 ({what})", ("pull", "seconds", "p50"), "ms")
+        add(f"PullImage max ({what})", ("pull", "seconds", "max"), "ms")
+        add(
+            "… CPU of the daemon processes per pull, p50 (s)",
+            ("pull", "cpu_seconds", "p50"),
+            "rate",
+        )
+        parts = summary.get(PYCRI, {}).get("pull", {}).get("cpu_parts_p50", {})
+        if parts:
+            split = " + ".join(f"{name} {seconds:.2f}" for name, seconds in parts.items())
+            rows.append(["… of which (pycri's processes, s)", split, NO_VALUE, NO_VALUE])
+        ctr = _get(summary, CONTAINERD, "ctr-pull", "seconds", "p50")
+        if not math.isnan(ctr):
+            p = _get(summary, PYCRI, "pull", "seconds", "p50")
+            rows.append(
+                [
+                    "`ctr images pull` p50 (containerd-CRI's containerd; ratio: pycri's PullImage)",
+                    NO_VALUE,
+                    _ms(ctr),
+                    _ratio_text(ratio(p, ctr)),
+                ]
+            )
     pods = summary.get(PYCRI, {}).get("rss", {}).get("pods", "?")
     add("RSS idle (daemon processes)", ("rss", "idle_mib"), "mib")
     add(f"RSS with {pods} running pods", ("rss", "loaded_mib"), "mib")
@@ -543,6 +618,10 @@ def _per_rep_rows(summary: dict[str, Any]) -> list[list[str]]:
                 )
                 label = f"{scenario} N={n}" + ("+1" if scenario == "hol" else "")
                 rows.append([RUNTIME_TITLES[runtime], label, values])
+        for scenario in PULL_SCENARIOS:
+            if scenarios.get(scenario):
+                values = ", ".join(_ms(v) for v in scenarios[scenario]["p50_per_rep"])
+                rows.append([RUNTIME_TITLES[runtime], f"{scenario} p50", values])
     return rows
 
 
@@ -561,6 +640,9 @@ def _correctness_rows(summary: dict[str, Any]) -> list[list[str]]:
             entries.append(("rss", scenarios["rss"]["correctness"]))
         if scenarios.get("fsinfo"):
             entries.append(("fsinfo", scenarios["fsinfo"]["correctness"]))
+        for scenario in PULL_SCENARIOS:
+            if scenarios.get(scenario):
+                entries.append((scenario, scenarios[scenario]["correctness"]))
         for label, c in entries:
             rows.append(
                 [

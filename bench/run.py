@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.run --quick           # tiny sizes, a smoke test (results in /tmp)
     .venv/bin/python -m bench.run --pycri-commit HEAD   # measure a commit, not the work tree
     .venv/bin/python -m bench.run --render bench/results/<date>.json   # the report again
+    .venv/bin/python -m bench.run --only pull       # one scenario (here: image pulls)
 
 What it does, in order:
 1. builds the busybox and pause images (``pycri.testing.images``) once;
@@ -43,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import pull as pull_scenario
 from bench import report
 from bench.cri import CriClient
 from bench.daemons import (
@@ -359,7 +361,14 @@ def _rounded(value: Any) -> Any:
 
 
 async def compare(
-    *, plan: Plan, out_dir: Path, docs_path: Path | None, profile: bool, stem: str
+    *,
+    plan: Plan,
+    out_dir: Path,
+    docs_path: Path | None,
+    profile: bool,
+    stem: str,
+    only: str = "",
+    pull_plan: pull_scenario.PullPlan | None = None,
 ) -> Path:
     """Run the whole comparison; return the path of the Markdown report."""
     started = time.monotonic()
@@ -382,15 +391,23 @@ async def compare(
             await runtime.wait_ready()
             await load_images(runtime=runtime, tarballs=tarballs)
         session = Session(runtimes=runtimes, work_dir=work_dir)
-        log(f"rss: {plan.rss_pods} pods on each")
-        await _run_rss(session, plan=plan)
-        log("ImageFsInfo: back to back, then paced, on both")
-        await _run_fsinfo(session)
-        for rep in range(plan.repetitions):
-            log(f"repetition {rep + 1} of {plan.repetitions}")
-            await _run_scenarios_once(session, plan=plan, rep=rep)
+        if not only:
+            log(f"rss: {plan.rss_pods} pods on each")
+            await _run_rss(session, plan=plan)
+            log("ImageFsInfo: back to back, then paced, on both")
+            await _run_fsinfo(session)
+            for rep in range(plan.repetitions):
+                log(f"repetition {rep + 1} of {plan.repetitions}")
+                await _run_scenarios_once(session, plan=plan, rep=rep)
+        if only in ("", "pull"):
+            pulls = pull_plan or pull_scenario.PullPlan()
+            async with pull_scenario.serve_image(work_dir=work_dir, plan=pulls) as fixture:
+                fixture.configure(containerd)
+                for rep in range(plan.repetitions):
+                    log(f"pull: repetition {rep + 1} of {plan.repetitions}")
+                    await pull_scenario.run(session, fixture=fixture, plan=pulls, rep=rep, log=log)
         final_memory = {r.name: await _memory(r) for r in runtimes}
-        if profile:
+        if profile and not only:
             log("profiling pycri with py-spy")
             profiles = await _profile_pycri(
                 session, pycri=pycri, plan=plan, out_dir=out_dir, stem=stem
@@ -538,11 +555,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="RESULTS_JSON",
         help="only write the report (Markdown, plots, docs) again from a results JSON",
     )
+    p.add_argument("--only", choices=["pull"], default="", help="run only this scenario")
+    p.add_argument("--pull-trials", type=int, help="pulls per runtime and repetition (3)")
     p.add_argument(
         "--pycri-commit",
         help="measure pycri as of this git commit (exported to a temp dir), not the work tree",
     )
     return p
+
+
+def _pull_plan(args: argparse.Namespace) -> pull_scenario.PullPlan:
+    plan = pull_scenario.QUICK_PULL_PLAN if args.quick else pull_scenario.PullPlan()
+    if args.pull_trials:
+        plan = dataclasses.replace(plan, trials=args.pull_trials)
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                 docs_path=None if args.no_docs or args.quick else args.docs,
                 profile=not args.no_profile,
                 stem=stem,
+                only=args.only,
+                pull_plan=_pull_plan(args),
             )
         )
     finally:

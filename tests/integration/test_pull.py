@@ -29,7 +29,7 @@ from pycri.images import ingest, spec
 from pycri.images.auth import Credentials
 from pycri.images.document import DigestMismatchError
 from pycri.images.registry import Registry
-from pycri.testing.images import BuiltImage, build_index
+from pycri.testing.images import BuiltImage, LayerEntry, build_image, build_index
 from pycri.testing.push import push_layout
 from pycri.testing.registry import (
     CuttingProxy,
@@ -461,6 +461,97 @@ async def test_broken_download_resumes(
     # The retry asked only for the rest: a partial answer (206) after the broken one.
     statuses = [s for method, path, s in plain.requests() if method == "GET" and path == layer]
     assert statuses == [200, 206]
+
+
+# --- many layers: downloaded in parallel, unpacked as they arrive -----------------------
+
+
+async def _layered_image(directory: Path, *, ref: str, big: int, small: int) -> BuiltImage:
+    """A big random bottom layer and ``small`` one-file layers on top (unique content)."""
+    etc = LayerEntry(path="etc", kind="dir", mode=0o755)
+    return await asyncio.to_thread(
+        build_image,
+        directory / "layered.tar",
+        ref=ref,
+        entries=[etc, LayerEntry(path="etc/big", kind="file", data=os.urandom(big))],
+        more_layers=[
+            [etc, LayerEntry(path=f"etc/small-{i}", kind="file", data=os.urandom(3000))]
+            for i in range(small)
+        ],
+        config_fields={"cmd": ["/bin/true"]},
+    )
+
+
+async def _nothing_of(ctd: ContainerdClient, built: BuiltImage, ref: str) -> None:
+    """No record, blob or snapshot of ``built`` is left, and no pull lease or ingest."""
+    repository = ref.rsplit(":", 1)[0]
+    for name in (ref, built.image_id, f"{repository}@{built.manifest_digest}"):
+        with pytest.raises(NotFoundError):
+            await ctd.images.get(name)
+    for digest in [built.manifest_digest, *_blob_digests(built)]:
+        with pytest.raises(NotFoundError):
+            await ctd.content.info(digest)
+    for chain_id in spec.chain_ids([layer.diff_id for layer in built.layers]):
+        with pytest.raises(NotFoundError):
+            await ctd.snapshots.stat(SNAPSHOTTER, chain_id)
+    await _no_pull_leftovers(ctd)
+
+
+async def test_many_layers_pull_to_the_built_image(
+    pcri: CRI, ctd: ContainerdClient, plain: LocalRegistry, pusher: Registry, tmp_path: Path
+) -> None:
+    ref = f"{plain.host}/pycri/layered:1"
+    built = await _layered_image(tmp_path, ref=ref, big=6 << 20, small=3)
+    await push_layout(pusher, built.path, ref)
+    assert len(built.layers) == 4
+    assert (await _pull(pcri, ref)).image_ref == built.image_id
+    assert (await _status(pcri, ref)).image.id == built.image_id
+    # Every layer unpacked on its parent: the chain ID of each prefix is a snapshot.
+    chain_ids = spec.chain_ids([layer.diff_id for layer in built.layers])
+    assert chain_ids[-1] == built.chain_id
+    for chain_id in chain_ids:
+        await ctd.snapshots.stat(SNAPSHOTTER, chain_id)
+    config = await ctd.content.info(built.config_digest)
+    assert config.labels[f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"] == built.chain_id
+    for digest in _blob_digests(built):
+        assert plain.count("GET", _blob_path(plain, "pycri/layered", digest)) == 1, digest
+    await _no_pull_leftovers(ctd)
+
+
+@pytest.mark.parametrize("damage", ["corrupt-top", "short-bottom"])
+async def test_a_bad_layer_of_many_fails_cleanly(
+    pcri: CRI,
+    ctd: ContainerdClient,
+    plain: LocalRegistry,
+    pusher: Registry,
+    tmp_path: Path,
+    damage: str,
+) -> None:
+    """The layers below a bad one may be unpacked already; the lease takes them all back."""
+    ref = f"{plain.host}/pycri/bad-layer-{damage}:1"
+    built = await _layered_image(tmp_path, ref=ref, big=3 << 20, small=3)
+    await push_layout(pusher, built.path, ref)
+    layer = built.layers[-1] if damage == "corrupt-top" else built.layers[0]
+    stored = plain.blob_path(layer.digest)
+    original = stored.read_bytes()
+    if damage == "corrupt-top":
+        broken = bytearray(original)
+        broken[len(broken) // 2] ^= 0xFF  # same size, another digest
+        stored.write_bytes(bytes(broken))
+    else:
+        stored.write_bytes(original[: len(original) // 2])  # the registry sends half
+
+    err = await _pull_error(pcri, ref)
+    if damage == "corrupt-top":
+        assert err.code() == grpc.StatusCode.DATA_LOSS
+    else:  # the body ends early; the resumed download asks past the blob's end: 416
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert layer.digest in (err.details() or "")
+    await _nothing_of(ctd, built, ref)
+    assert not (await _status(pcri, ref)).HasField("image")
+
+    stored.write_bytes(original)
+    assert (await _pull(pcri, ref)).image_ref == built.image_id
 
 
 # --- sharing and re-pulling --------------------------------------------------------------

@@ -222,3 +222,43 @@ def test_collapsed_stacks_self_inclusive_and_idle() -> None:
     frame = parse_frame("Handle._run (/usr/lib/python3.11/asyncio/events.py:80)")
     assert (frame.function, frame.line) == ("Handle._run", 80)
     assert frame.where == "Handle._run (stdlib/asyncio/events.py:80)"
+
+
+def _pull(runtime: str, scenario: str, seconds: float, rep: int) -> dict[str, Any]:
+    return {
+        "rep": rep,
+        "runtime": runtime,
+        "scenario": scenario,
+        "params": {"mib": 256, "small_layers": 3, "trial": 0},
+        "result": {
+            "seconds": seconds,
+            "cpu_seconds": seconds / 2,
+            "cpu_parts": {"pycri": seconds / 4, "containerd": seconds / 4},
+            "bytes": 256 * report.MIB,
+            "gc_seconds": 0.1,
+            "correctness": _correct(1),
+        },
+    }
+
+
+def test_pulls_are_pooled_with_a_p50_per_repetition_and_a_target() -> None:
+    p, c = report.PYCRI, report.CONTAINERD
+    runs = [
+        *(_pull(p, "pull", s, rep) for rep, s in [(0, 2.0), (0, 2.2), (1, 2.4), (1, math.nan)]),
+        *(_pull(c, "pull", s, rep) for rep, s in [(0, 3.0), (0, 3.2), (1, 3.0), (1, 3.1)]),
+        _pull(c, "ctr-pull", 2.5, 0),
+    ]
+    summary = report.summarize_runs(runs)
+    pulls = summary[p]["pull"]
+    assert pulls["trials"] == 4 and pulls["seconds"]["count"] == 3  # a failed pull: no sample
+    assert pulls["p50_per_rep"] == [2.1, 2.4] and pulls["seconds"]["p50"] == 2.2
+    assert pulls["correctness"]["checked"] == 4 and pulls["mib"] == 256
+    assert summary[c]["ctr-pull"]["seconds"]["p50"] == 2.5
+    assert summary[p]["pull"]["cpu_seconds"]["p50"] == 1.1
+    assert summary[p]["pull"]["cpu_parts_p50"] == {"containerd": 0.55, "pycri": 0.55}
+    target = next(t for t in report.evaluate_targets(summary) if t.name.startswith("PullImage"))
+    assert math.isclose(target.measured, 2.2 / 3.05) and target.met  # ≤ 0.8
+    assert target.detail.endswith(f"per repetition: {2.1 / 3.1:.2f}, {2.4 / 3.05:.2f}")
+    rows = {row[0]: row for row in report.comparison_rows(summary)}
+    assert rows["PullImage p50 (256 MiB of layers)"][3] == f"{2.2 / 3.05:.2f}"
+    assert any(label.startswith("`ctr images pull`") for label in rows)

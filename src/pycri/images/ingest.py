@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +74,8 @@ LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
 
 # ``source(offset)``: the blob's bytes from ``offset`` on.
 ChunkSource = Callable[[int], AsyncGenerator[bytes, None]]
+# ``ready(layer descriptor)``: returns once that layer's blob is in the content store.
+LayerReady = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(kw_only=True)
@@ -287,13 +289,20 @@ class ImageWriter:
             return False
         return True
 
-    async def unpack(self, image: PlannedImage) -> int:
-        """Unpack the layers into chain-ID snapshots; returns how many were applied."""
+    async def unpack(self, image: PlannedImage, *, ready: LayerReady | None = None) -> int:
+        """Unpack the layers into chain-ID snapshots; returns how many were applied.
+
+        ``ready(layer)``, when given, returns once that layer's blob is stored (or raises why
+        it never will be): a pull unpacks each layer as soon as it and those below it are
+        downloaded, while the others still download.
+        """
         applied_count = 0
         parent = ""
         for layer, diff_id, chain_id in zip(
             image.layers, image.diff_ids, spec.chain_ids(image.diff_ids), strict=True
         ):
+            if ready is not None:
+                await ready(layer)
             if await self._snapshot_exists(chain_id):
                 await self.client.leases.add_resource(
                     self.lease, resource_id=chain_id, resource_type=f"snapshots/{self.snapshotter}"
@@ -370,5 +379,9 @@ class ImageWriter:
     async def store(self, image: PlannedImage) -> tuple[list[str], int]:
         """Unpack, label and record an image whose blobs are written: (record names, applied)."""
         applied = await self.unpack(image)
+        return await self.finish(image), applied
+
+    async def finish(self, image: PlannedImage) -> list[str]:
+        """Label and record an image whose blobs are written and unpacked: record names."""
         await self.label_content(image)
-        return await self.record(image), applied
+        return await self.record(image)

@@ -18,11 +18,19 @@ One pull (``ImagePuller.pull``):
    ``pycri-pull-<digest>``: if the download breaks (a reset connection, a short body, a
    timeout) it is retried, and the retry asks the registry only for the bytes containerd
    does not have yet (``Range``; a registry that ignores it has the prefix skipped).
-   containerd verifies size and digest at commit; a mismatch (``DataLoss``) discards the
-   ingest. Then unpack, GC labels and records (tag, repo digest, image ID), as an import.
-3. **Clean up on failure**: the lease is deleted synchronously, so containerd's GC collects
-   whatever was written, and nothing is left that looks like an image — records are the
-   last step, and a failed record step deletes the records it made.
+   containerd hashes the bytes as they arrive and checks size and digest at commit; a
+   mismatch (``DataLoss``) discards the ingest. The chunks go to containerd as pre-framed
+   ``WriteContentRequest`` bytes (``containerd.client.encode_write_chunk``): protobuf's own
+   serialization copied each chunk twice and was most of a large pull's CPU.
+   **Unpack runs alongside**: each layer is applied as soon as its blob and those of the
+   layers below it are stored, while the rest still download (a small base layer is
+   unpacked during a big layer's download); then GC labels and records (tag, repo digest,
+   image ID), as an import.
+3. **Clean up on failure**: every download and the unpack are waited for (a failed layer
+   does not stop the others midway: no write may outlive the lease), then the lease is
+   deleted synchronously, so containerd's GC collects whatever was written or unpacked, and
+   nothing is left that looks like an image — records are the last step, and a failed
+   record step deletes the records it made.
 
 **Concurrency.** Pulls of the same reference with the same credentials are one pull: later
 callers join the running one (``SingleFlight``) and get its result or its error. Its task is
@@ -300,18 +308,36 @@ class ImagePuller:
                     source=ingest.memory_source(data),
                 )
             reporter = asyncio.create_task(progress.report(self.progress_interval))
-            try:
-                # Wait for every layer even when one fails: no download may outlive the lease.
-                results = await asyncio.gather(
-                    *(self._layer(pull.session, writer, layer, progress) for layer in layers),
-                    return_exceptions=True,
+            downloads = {
+                layer["digest"]: asyncio.create_task(
+                    self._layer(pull.session, writer, layer, progress)
                 )
+                for layer in layers
+            }
+
+            async def ready(layer: dict[str, Any]) -> None:
+                await asyncio.shield(downloads[layer["digest"]])
+
+            unpacking = asyncio.create_task(writer.unpack(image, ready=ready))
+            try:
+                # Wait for every layer and the unpack even when one fails: no download or
+                # snapshot may outlive the lease.
+                results = await asyncio.gather(
+                    *downloads.values(), unpacking, return_exceptions=True
+                )
+            except asyncio.CancelledError:
+                for task in [*downloads.values(), unpacking]:
+                    task.cancel()
+                await asyncio.gather(*downloads.values(), unpacking, return_exceptions=True)
+                raise
             finally:
                 reporter.cancel()
+            # A download's error first: an unpack that failed waiting for it says less.
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            record_names, applied = await writer.store(image)
+            applied = unpacking.result()
+            record_names = await writer.finish(image)
         elapsed = time.monotonic() - started
         config_size = next(
             d["size"] for d, _ in pull.documents if d["digest"] == image.config_digest
@@ -429,28 +455,35 @@ async def blob_chunks(
         # 200: the registry ignored Range and sends it all; skip what containerd has.
         skip = offset if response.status_code == 200 else 0
         position = offset
-        buffer = bytearray()
+        # The pieces (64 KiB reads) are joined once per chunk: one copy, no regrowing buffer.
+        pieces: list[bytes] = []
+        buffered = 0
         try:
             async for received in response.aiter_raw():
                 piece = received
                 if skip:
                     dropped = min(skip, len(piece))
                     piece, skip = piece[dropped:], skip - dropped
-                if position + len(buffer) + len(piece) > size:
+                if position + buffered + len(piece) > size:
                     raise DigestMismatchError(
                         f"blob {digest}: registry {session.host} sent more than its {size} bytes"
                     )
-                buffer += piece
-                if len(buffer) >= CHUNK_SIZE:
-                    position += len(buffer)
-                    yield bytes(buffer)
-                    buffer.clear()
+                if not piece:
+                    continue
+                pieces.append(piece)
+                buffered += len(piece)
+                if buffered >= CHUNK_SIZE:
+                    position += buffered
+                    chunk = b"".join(pieces)
+                    pieces.clear()
+                    buffered = 0
+                    yield chunk
         except httpx.HTTPError as err:
-            if buffer:  # keep what arrived: the retry resumes after it
-                yield bytes(buffer)
+            if pieces:  # keep what arrived: the retry resumes after it
+                yield b"".join(pieces)
             raise _BrokenDownload(f"{type(err).__name__}: {err}") from None
-        position += len(buffer)
-        if buffer:
-            yield bytes(buffer)
+        position += buffered
+        if pieces:
+            yield b"".join(pieces)
         if position < size:
             raise _BrokenDownload(f"blob {digest}: the body ended at {position} of {size} bytes")

@@ -329,42 +329,55 @@ def build_image(
     arch: str | None = None,
     media_types: MediaTypes = "oci",
     compress: bool = True,
+    more_layers: Sequence[Sequence[LayerEntry]] = (),
 ) -> BuiltImage:
-    """Write a one-layer image of ``entries`` to ``path`` as an OCI layout or docker archive.
+    """Write an image of ``entries`` to ``path`` as an OCI layout or docker archive.
 
     ``config_fields`` are keyword arguments of ``image_config`` (cmd, entrypoint, env, ...).
     An OCI layout can hold a Docker schema 2 image instead (``media_types="docker"``, what
-    a registry serves for images pushed by docker), its layer gzip'd or not (``compress``).
+    a registry serves for images pushed by docker), its layers gzip'd or not (``compress``),
+    and more layers on top of the first (``more_layers``, in order; OCI layouts only).
     Blocking: run it in a thread from async code.
     """
     parsed = reference.parse_normalized(ref)
     if not parsed.tag:
         raise ValueError(f"image reference {ref!r} needs a tag to name a built image")
-    tar = layer_tar(entries)
+    if more_layers and archive_format != "oci":
+        raise ValueError("only an OCI layout holds more than one layer here")
+    tars = [layer_tar(layer_entries) for layer_entries in [entries, *more_layers]]
+    tar = tars[0]
     diff_id = spec.sha256_digest(tar)
-    config = image_config(diff_ids=[diff_id], arch=arch, **config_fields)
+    diff_ids = [diff_id, *(spec.sha256_digest(t) for t in tars[1:])]
+    config = image_config(diff_ids=diff_ids, arch=arch, **config_fields)
     config_bytes = spec.canonical_json(config)
     config_digest = spec.sha256_digest(config_bytes)
     if archive_format == "oci":
         docker = media_types == "docker"
-        blob = gzip.compress(tar, compresslevel=6, mtime=0) if compress else tar
+        blobs = [gzip.compress(t, compresslevel=6, mtime=0) if compress else t for t in tars]
+        del tars, tar  # the big layers of a benchmark image: one copy at a time is enough
         layer_types = {
             (False, True): spec.OCI_LAYER_GZIP,
             (False, False): spec.OCI_LAYER,
             (True, True): spec.DOCKER_LAYER_GZIP,
             (True, False): spec.DOCKER_LAYER,
         }
-        layer = BuiltLayer(
-            digest=spec.sha256_digest(blob),
-            diff_id=diff_id,
-            size=len(blob),
-            media_type=layer_types[docker, compress],
-        )
-        layer_desc = {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+        layers = [
+            BuiltLayer(
+                digest=spec.sha256_digest(blob),
+                diff_id=layer_diff_id,
+                size=len(blob),
+                media_type=layer_types[docker, compress],
+            )
+            for blob, layer_diff_id in zip(blobs, diff_ids, strict=True)
+        ]
+        layer_descs = [
+            {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ]
         if docker:
             manifest_type = spec.DOCKER_MANIFEST
             manifest = spec.docker_manifest(
-                spec.descriptor(spec.DOCKER_CONFIG, config_bytes), [layer_desc]
+                spec.descriptor(spec.DOCKER_CONFIG, config_bytes), layer_descs
             )
         else:
             manifest_type = spec.OCI_MANIFEST
@@ -373,7 +386,7 @@ def build_image(
                     "schemaVersion": 2,
                     "mediaType": spec.OCI_MANIFEST,
                     "config": spec.descriptor(spec.OCI_CONFIG, config_bytes),
-                    "layers": [layer_desc],
+                    "layers": layer_descs,
                 }
             )
         index = _layout_index(
@@ -381,11 +394,12 @@ def build_image(
             parsed,
             platform={"architecture": config["architecture"], "os": "linux"},
         )
-        members = _layout_members(index, [manifest, config_bytes, blob])
+        members = _layout_members(index, [manifest, config_bytes, *blobs])
     else:
-        layer = BuiltLayer(
-            digest=diff_id, diff_id=diff_id, size=len(tar), media_type=spec.DOCKER_LAYER
-        )
+        layers = [
+            BuiltLayer(digest=diff_id, diff_id=diff_id, size=len(tar), media_type=spec.DOCKER_LAYER)
+        ]
+        layer = layers[0]
         manifest = spec.docker_manifest(
             spec.descriptor(spec.DOCKER_CONFIG, config_bytes),
             [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
@@ -415,7 +429,7 @@ def build_image(
         manifest_digest=spec.sha256_digest(manifest),
         manifest_size=len(manifest),
         config_digest=config_digest,
-        layers=(layer,),
+        layers=tuple(layers),
         config=config,
     )
     log.info(
