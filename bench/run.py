@@ -15,7 +15,8 @@ What it does, in order:
    ``fsinfo`` (ImageFsInfo back to back and kubelet-paced, ``bench.fsinfo``);
 4. each repetition runs lifecycle (C=1, 4, 8), exit-latency (N=1, 32, 128) and hol on both,
    switching runtime scenario by scenario and swapping which goes first every repetition,
-   so slow drifts of the machine hit both alike;
+   so slow drifts of the machine hit both alike; then, per repetition, the ``pull``
+   scenario (``bench.pull``: a 256 MiB image from a local registry, ``--only pull`` alone);
 5. profiles pycri with py-spy under the lifecycle and exit loads (a separate pass);
 6. stops both, kills their shims, unmounts and removes the temp dirs (also on failure);
 7. writes ``bench/results/<date>.json`` (every raw sample), ``<date>.md`` (tables, targets,
