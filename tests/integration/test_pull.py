@@ -25,9 +25,10 @@ from pycri.config import RegistryConfig
 from pycri.containerd.client import ContainerdClient
 from pycri.containerd.errors import NotFoundError
 from pycri.errors import Unauthenticated
-from pycri.images import ingest, spec
+from pycri.images import ingest, reference, spec
 from pycri.images.auth import Credentials
 from pycri.images.document import DigestMismatchError
+from pycri.images.pull import ImagePuller
 from pycri.images.registry import Registry
 from pycri.testing.images import BuiltImage, LayerEntry, build_image, build_index
 from pycri.testing.push import push_layout
@@ -641,3 +642,24 @@ async def test_blob_writes_resume_and_verify(containerd: ContainerdClient) -> No
         assert not [
             s for s in await containerd.content.list_statuses() if s.ref == "pycri-test-wrong"
         ]
+
+
+async def test_a_pull_cancelled_midway_leaves_nothing(
+    containerd: ContainerdClient, plain: LocalRegistry, pusher: Registry, tmp_path: Path
+) -> None:
+    """Shutdown (``close``) while layers download and the lower ones unpack: all undone."""
+    ref = f"{plain.host}/pycri/cancelled:1"
+    built = await _layered_image(tmp_path, ref=ref, big=48 << 20, small=3)
+    await push_layout(pusher, built.path, ref)
+    puller = ImagePuller(client=containerd, config=RegistryConfig())
+    pull = asyncio.create_task(puller.pull(reference.parse_normalized(ref)))
+    big_ref = f"pycri-pull-{built.layers[0].digest.replace(':', '-')}"
+
+    async def big_layer_ingest() -> bool:
+        return any(s.ref == big_ref and s.offset for s in await containerd.content.list_statuses())
+
+    await eventually(big_layer_ingest, timeout=30, interval=0.01)
+    await puller.close()
+    with pytest.raises(asyncio.CancelledError):
+        await pull
+    await _nothing_of(containerd, built, ref)
