@@ -75,6 +75,16 @@ async def soon(awaitable: Awaitable[T], *, within: float = 1.0) -> T:
     return await asyncio.wait_for(awaitable, within)
 
 
+async def held_in_handling(
+    dispatcher: EventDispatcher[str], recorder: Recorder, object_id: str, event: str
+) -> asyncio.Task[Disposition]:
+    """Submit ``event`` and return once its handler runs, held there until its gate is set."""
+    recorder.gates[event] = asyncio.Event()
+    submitted = asyncio.create_task(dispatcher.submit(object_id, event))
+    await soon(recorder.started[event].wait())
+    return submitted
+
+
 async def wait_for(condition: Callable[[], bool], *, within: float = 1.0) -> None:
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - polling state the test cannot subscribe to
@@ -180,9 +190,7 @@ async def test_one_id_never_runs_two_handlers_at_once_and_keeps_order(
     recorder: Recorder, clock: FakeClock
 ) -> None:
     dispatcher = make(recorder, clock)
-    recorder.gates["exit"] = asyncio.Event()
-    first = asyncio.create_task(dispatcher.submit("a", "exit"))
-    await soon(recorder.started["exit"].wait())
+    first = await held_in_handling(dispatcher, recorder, "a", "exit")
     # The OOM of the same container arrives while its exit is being handled: it waits.
     second = asyncio.create_task(dispatcher.submit("a", "oom"))
     await asyncio.sleep(0.01)
@@ -209,9 +217,7 @@ async def test_event_waiting_behind_a_failure_is_queued_not_handled(
 ) -> None:
     dispatcher = make(recorder, clock)
     recorder.failures["exit"] = 1
-    recorder.gates["exit"] = asyncio.Event()
-    first = asyncio.create_task(dispatcher.submit("a", "exit"))
-    await soon(recorder.started["exit"].wait())
+    first = await held_in_handling(dispatcher, recorder, "a", "exit")
     second = asyncio.create_task(dispatcher.submit("a", "oom"))
     await asyncio.sleep(0)
     recorder.gates["exit"].set()
@@ -410,10 +416,8 @@ async def test_remove_drops_events_still_waiting_for_the_lock(
     recorder: Recorder, clock: FakeClock
 ) -> None:
     dispatcher = make(recorder, clock)
-    recorder.gates["exit"] = asyncio.Event()
     recorder.failures["exit"] = 1
-    first = asyncio.create_task(dispatcher.submit("a", "exit"))
-    await soon(recorder.started["exit"].wait())
+    first = await held_in_handling(dispatcher, recorder, "a", "exit")
     waiting = asyncio.create_task(dispatcher.submit("a", "oom"))
     await asyncio.sleep(0)
     dispatcher.remove("a")
@@ -428,9 +432,7 @@ async def test_take_over_waits_for_handling_under_way_then_drops_what_waited(
     recorder: Recorder, clock: FakeClock
 ) -> None:
     dispatcher = make(recorder, clock)
-    recorder.gates["exit"] = asyncio.Event()
-    first = asyncio.create_task(dispatcher.submit("a", "exit"))
-    await soon(recorder.started["exit"].wait())
+    first = await held_in_handling(dispatcher, recorder, "a", "exit")
     inside = asyncio.Event()
 
     async def removal() -> None:
