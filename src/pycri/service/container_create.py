@@ -52,6 +52,7 @@ from pycri.oci.validation import (
 )
 from pycri.security.seccomp import linux_seccomp
 from pycri.service import records
+from pycri.service.concurrently import all_settled
 from pycri.service.container_events import CREATED
 from pycri.service.context import RuntimeContext
 from pycri.service.faults import FAULT_ROLLBACK_FAIL
@@ -285,7 +286,15 @@ async def _create(
             except (OSError, ValueError) as err:
                 raise InvalidArgument(f"container config: {err}") from None
 
-        rootfs = await records.create_record(
+        # The CREATED checkpoint is written while containerd makes the snapshot and record;
+        # both settle before anything else (a rollback never races the write).
+        status = ContainerStatus(
+            created_at=created_at,
+            resources=linux_resources_to_oci(config.linux.resources),
+        )
+        status_path = rt.paths.container_status(container_id)
+        undo.push("remove container dir", lambda: _remove_dir(rt.paths.container_dir(container_id)))
+        record = records.create_record(
             rt,
             object_id=container_id,
             kind=Kind.CONTAINER,
@@ -300,14 +309,9 @@ async def _create(
             handler=handler,
             undo=undo,
         )
-        status = ContainerStatus(
-            created_at=created_at,
-            resources=linux_resources_to_oci(config.linux.resources),
+        rootfs, _ = await all_settled(
+            record, asyncio.to_thread(_write_first_status, status_path, status.persisted())
         )
-        status_path = rt.paths.container_status(container_id)
-        undo.push("remove container dir", lambda: _remove_dir(rt.paths.container_dir(container_id)))
-        await asyncio.to_thread(status_path.parent.mkdir, parents=True, exist_ok=True)
-        await checkpoint.write(status_path, status.persisted())
         container = Container(metadata=metadata, status=status, status_path=status_path)
         container.task.deleted()  # none yet: Start creates it
         container.rootfs = rootfs  # Start needs no Snapshots.Mounts round trip
@@ -320,6 +324,12 @@ async def _create(
     )
     rt.events.emit(container_id, CREATED)
     return api_pb2.CreateContainerResponse(container_id=container_id)
+
+
+def _write_first_status(path: Path, document: dict[str, Any]) -> None:
+    """Blocking: the container's directory and its first status checkpoint, in one hop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_sync(path, document)
 
 
 async def _remove_dir(path: Path) -> None:

@@ -21,6 +21,7 @@ from pycri.containerd.errors import ContainerdError, NotFoundError
 from pycri.containerd.shims import kill_shims
 from pycri.containerd.types import Extension
 from pycri.events.types import Kind
+from pycri.service.concurrently import all_settled
 
 if TYPE_CHECKING:
     from pycri.images.model import Image
@@ -158,12 +159,7 @@ async def delete_record(rt: RuntimeContext, object_id: str) -> None:
     """Delete the containerd container and its snapshot, concurrently (the record only
     names the snapshot; a crash between the two leaves what a repeated call finishes);
     idempotent."""
-    results = await asyncio.gather(
-        _delete_container(rt, object_id), remove_snapshot(rt, object_id), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    await all_settled(_delete_container(rt, object_id), remove_snapshot(rt, object_id))
 
 
 async def _delete_container(rt: RuntimeContext, object_id: str) -> None:
