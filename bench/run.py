@@ -1,6 +1,6 @@
 """The runner: pycri and containerd's CRI plugin side by side, every scenario, one report.
 
-    .venv/bin/python -m bench.run                   # full comparison (~7 min on 2 cores)
+    .venv/bin/python -m bench.run                   # full comparison (~17 min on 2 cores)
     .venv/bin/python -m bench.run --quick           # tiny sizes, a smoke test (results in /tmp)
     .venv/bin/python -m bench.run --pycri-commit HEAD   # measure a commit, not the work tree
     .venv/bin/python -m bench.run --render bench/results/<date>.json   # the report again
