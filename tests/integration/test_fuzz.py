@@ -432,6 +432,19 @@ def _cgroup_tops() -> set[str]:
     return {str(p) for h in hierarchies for p in h.iterdir() if p.is_dir()}
 
 
+def _another_test_daemons_parent(name: str, own: Daemon) -> bool:
+    """The default cgroup parent of another test daemon alive on this machine (another suite
+    running meanwhile): ``pycri-test-<its base dir>``, while that dir exists."""
+    prefix = "pycri-test-"
+    base = name.removeprefix(prefix)
+    return (
+        name.startswith(prefix)
+        and name != own.cgroup_parent.strip("/")
+        and base.startswith("pycri-")
+        and Path("/tmp", base).is_dir()
+    )
+
+
 def _requested_paths(sent: list[tuple[str, bytes]]) -> tuple[set[str], set[str]]:
     """The log directories and host paths, and the cgroup parents, the sent requests named
     (decoded as the daemon decoded them)."""
@@ -592,6 +605,7 @@ def _fuzz(w: World) -> None:
         top
         for top in _cgroup_tops() - cgroups_before
         if os.path.basename(top) not in {*cgroup_parents, d.cgroup_parent.strip("/")}
+        and not _another_test_daemons_parent(os.path.basename(top), d)
     }
     assert not new_cgroups, new_cgroups
     with d.log_path.open("rb") as log:
