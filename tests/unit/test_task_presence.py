@@ -20,4 +20,6 @@ async def test_waiting_for_a_delete_ends_when_it_happens_or_at_the_bound() -> No
 
 
 async def test_an_object_made_without_a_task_is_gone_at_once() -> None:
-    assert await TaskPresence(may_exist=False).wait_gone(timeout=0)
+    task = TaskPresence()
+    task.deleted()  # what CreateContainer says of a new container
+    assert await task.wait_gone(timeout=0)

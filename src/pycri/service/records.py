@@ -169,14 +169,10 @@ async def _delete_container(rt: RuntimeContext, object_id: str) -> None:
         pass
 
 
-async def remove_cgroup_of(path: str) -> None:
-    """Remove a deleted task's cgroup if runc could not (its shim died); failures are logged:
-    the container is gone either way, and ``pycri check --orphans`` lists what is left."""
-    await asyncio.to_thread(remove_cgroup_sync, path)
-
-
 def remove_cgroup_sync(path: str) -> None:
-    """``remove_cgroup_of``, blocking (for a caller already in a worker thread)."""
+    """Remove a deleted task's cgroup if runc could not (its shim died); blocking, for the
+    worker thread that removes the object's files. Failures are logged: the object is gone
+    either way, and ``pycri check --orphans`` lists what is left."""
     try:
         remove_cgroup(path)
     except OSError as err:

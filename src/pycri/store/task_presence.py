@@ -19,10 +19,8 @@ import asyncio
 class TaskPresence:
     """``may_exist`` and an event set while it is false."""
 
-    def __init__(self, *, may_exist: bool = True) -> None:
+    def __init__(self) -> None:
         self._gone = asyncio.Event()
-        if not may_exist:
-            self._gone.set()
 
     @property
     def may_exist(self) -> bool:
